@@ -1,0 +1,97 @@
+"""The command line as users run it: train with a tiny budget, sample, resume, and one-line errors."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tinylm.cli import main
+from tinylm.training import load_checkpoint, read_metrics
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('TINYLM_CACHE', str(tmp_path / 'cache'))
+    return tmp_path / 'cache'
+
+
+def run(capsys, *argv):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_console_script_train_then_sample(tmp_path):
+    exe = shutil.which('tinylm')
+    assert exe, 'the tinylm console script is not on PATH: is the package installed?'
+    env = {**os.environ, 'TINYLM_CACHE': str(tmp_path / 'cache')}
+    out = tmp_path / 'run'
+    p = subprocess.run([exe, 'train', '--preset', 'tiny', '--out', str(out), '--no-progress'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert 'final train loss' in p.stdout and 'run folder' in p.stdout
+    assert sorted(f.name for f in out.iterdir()) == ['ckpt.pt', 'loss.png', 'metrics.jsonl', 'sample.txt', 'summary.json']
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['steps'] == 30 and summary['val_loss'] < summary['uniform_loss']
+    assert summary['tokenizer'].startswith('char-') and summary['torch']
+    s = subprocess.run([exe, 'sample', str(out), '--prompt', 'And the', '--tokens', '30', '--seed', '1'],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert s.returncode == 0, s.stderr
+    assert s.stdout.startswith('And the') and len(s.stdout.rstrip('\n')) == len('And the') + 30
+
+
+def test_resume_from_the_command_line_matches_an_uninterrupted_run(tmp_path, capsys):
+    common = ['train', '--preset', 'tiny', '--no-progress', '--set', 'log_interval=1', '--set', 'dropout=0.1']
+    assert run(capsys, *common, '--out', str(tmp_path / 'full'))[0] == 0
+    # a run planned for 30 steps whose time budget ran out after its first step, then resumed
+    assert run(capsys, *common, '--out', str(tmp_path / 'cut'), '--set', 'max_seconds=1e-9')[0] == 0
+    assert load_checkpoint(tmp_path / 'cut')['step'] == 1
+    assert run(capsys, *common, '--out', str(tmp_path / 'cut'), '--resume')[0] == 0
+    loss = lambda d: [r['train_loss'] for r in read_metrics(d) if 'train_loss' in r]
+    assert loss(tmp_path / 'cut') == loss(tmp_path / 'full') and len(loss(tmp_path / 'full')) == 30
+
+
+def test_overrides_reach_the_configs(tmp_path, capsys):
+    rc, out, err = run(capsys, 'train', '--preset', 'tiny', '--no-progress', '--out', str(tmp_path / 'r'),
+                       '--set', 'n_layer=1', '--set', 'train.warmup_steps=2', '--max-steps', '4', '--seed', '7')
+    assert rc == 0, err
+    ckpt = load_checkpoint(tmp_path / 'r')
+    assert ckpt['model_config']['n_layer'] == 1 and ckpt['step'] == 4
+    assert ckpt['train_config']['warmup_steps'] == 2 and ckpt['train_config']['seed'] == 7
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['train', '--corpus', 'nosuchcorpus'], "unknown text source 'nosuchcorpus'"),
+    (['train', '--corpus', './missing.txt'], 'missing.txt'),
+    (['train', '--preset', 'huge'], "run preset='huge' is not a known run preset; allowed: 'default', 'tiny', 'gpu'"),
+    (['train', '--model', 'gpt5'], "--model='gpt5' is not a known model preset"),
+    (['train', '--set', 'n_head=3'], 'ModelConfig.n_head=3 must divide d_model=32'),
+    (['train', '--set', 'lr=fast'], "lr='fast' is not a valid float"),
+    (['train', '--set', 'depth=3'], "'depth' is neither a ModelConfig nor a TrainConfig field"),
+    (['train', '--set', 'schedule=linear'], "TrainConfig.schedule='linear' is not a known schedule"),
+    (['train', '--tokenizer', 'wordpiece'], 'wordpiece'),
+    (['train', '--device', 'tpu'], "device 'tpu' is not a device name"),
+    (['sample', 'no/such/run'], 'no checkpoint at'),
+])
+def test_errors_are_one_clear_line(argv, message, capsys):
+    rc, out, err = run(capsys, *argv, *(['--preset', 'tiny'] if argv[0] == 'train' and '--preset' not in argv else []))
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'tinylm {argv[0]}: error:'), err
+    assert message in lines[0]
+
+
+def test_argparse_errors_exit_2_with_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(['train', '--max-steps', 'ten'])
+    assert e.value.code == 2
+    assert "argument --max-steps: invalid int value: 'ten'" in capsys.readouterr().err
+
+
+def test_listings(capsys):
+    listing = run(capsys, 'corpora')[1]
+    assert [line.split()[0] for line in listing.splitlines()[:2]] == ['kjv', 'pystdlib']
+    out = run(capsys, 'presets')[1]
+    assert 'default' in out and 'baseline_2017' in out

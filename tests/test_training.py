@@ -1,0 +1,154 @@
+"""Training: schedules, optimizer groups, exact resume, divergence, checkpoints that load safely."""
+import json
+import math
+
+import pytest
+import torch
+
+from tinylm.data import TokenDataset
+from tinylm.model import baseline_2017
+from tinylm.training import (TrainConfig, Trainer, TrainingDiverged, evaluate, load_checkpoint, lr_at,
+                             model_from_checkpoint, param_groups, read_metrics, train)
+from tinylm.model import Transformer
+
+
+class Bytes:
+    "A byte-level encoder: the smallest thing TokenDataset can build from."
+    vocab_size, name = 256, 'bytes'
+
+    def encode(self, text):
+        return list(text.encode('utf-8'))
+
+
+TEXT = ''.join(f'line {i}: the quick brown fox jumps over the lazy dog {i * i % 97}\n' for i in range(3000))
+MODEL = baseline_2017(vocab_size=256, block_size=32, n_layer=2, d_model=32, n_head=4, dropout=0.1)
+KW = dict(max_steps=24, batch_size=4, lr=3e-3, warmup_steps=4, eval_interval=8, eval_iters=2, log_interval=1,
+          progress=False, device='cpu')
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return TokenDataset.build(TEXT, Bytes(), tmp_path_factory.mktemp('data') / 'bytes')
+
+
+class InterruptAfter:
+    def __init__(self, data, n):
+        self.data, self.n, self.vocab_size = data, n, data.vocab_size
+
+    def get_batch(self, split, *a, **k):
+        if split == 'train':
+            if self.n == 0:
+                raise KeyboardInterrupt
+            self.n -= 1
+        return self.data.get_batch(split, *a, **k)
+
+
+def losses(records):
+    return [r['train_loss'] for r in records if 'train_loss' in r]
+
+
+def test_resume_reproduces_the_loss_trajectory_exactly(data, tmp_path):
+    full = train(MODEL, TrainConfig(**KW), data, tmp_path / 'full')
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, TrainConfig(**KW), InterruptAfter(data, 13), tmp_path / 'cut')
+    assert load_checkpoint(tmp_path / 'cut')['step'] == 13
+    resumed = train(MODEL, TrainConfig(**KW), data, tmp_path / 'cut', resume=True)
+    assert len(losses(full.records)) == 24
+    assert losses(resumed.records) == losses(full.records)          # bit for bit on CPU
+    assert losses(read_metrics(tmp_path / 'cut')) == losses(full.records)
+    a, _ = model_from_checkpoint(tmp_path / 'full')
+    b, _ = model_from_checkpoint(tmp_path / 'cut' / 'ckpt.pt')
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(data, tmp_path):
+    res = train(MODEL.replace(dropout=0.0), TrainConfig(**{**KW, 'max_steps': 60, 'log_interval': 10}), data, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt.pt', 'loss.png', 'metrics.jsonl']
+    first = losses(res.records)[0]
+    assert res.val_loss < first - 1.0, (first, res.val_loss)
+    assert res.tokens == 60 * 4 * 32 and res.step == 60
+    lines = (tmp_path / 'metrics.jsonl').read_text().splitlines()
+    assert all(json.loads(line)['step'] > 0 for line in lines)
+    assert (tmp_path / 'loss.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    t = Trainer(MODEL, TrainConfig(**{**KW, 'log_interval': 4}), data, tmp_path)
+
+    class Poison(InterruptAfter):
+        def get_batch(self, split, *a, **k):
+            if split == 'train':
+                self.n -= 1
+                if self.n == 0:
+                    t.model.blocks[1].ffn.down_proj.weight.data.fill_(float('nan'))
+            return self.data.get_batch(split, *a, **k)
+
+    t.data = Poison(data, 10)
+    with pytest.raises(TrainingDiverged, match=r'training diverged at step 12: loss=nan.*last good checkpoint'):
+        t.fit()
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt['step'] == 8
+    assert all(torch.isfinite(v).all() for v in ckpt['model'].values())
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ('pwned',))
+
+    torch.save({'format': 'tinylm-checkpoint', 'version': 1, 'payload': Evil()}, tmp_path / 'evil.pt')
+    with pytest.raises(ValueError, match='is not a readable tinylm checkpoint'):
+        load_checkpoint(tmp_path / 'evil.pt')
+    torch.save({'just': torch.zeros(1)}, tmp_path / 'other.pt')
+    with pytest.raises(ValueError, match='is not a tinylm checkpoint'):
+        load_checkpoint(tmp_path / 'other.pt')
+    with pytest.raises(FileNotFoundError, match='no checkpoint at'):
+        load_checkpoint(tmp_path / 'missing.pt')
+
+
+def test_schedules():
+    c = TrainConfig(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0)
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(99, c) == pytest.approx(0.0, abs=1e-3)
+    assert lr_at(54, c) == pytest.approx(0.5, abs=0.02)
+    assert lr_at(39, c.replace(schedule='noam')) == pytest.approx(0.5)
+    assert lr_at(80, c.replace(schedule='constant')) == 1.0
+
+
+def test_param_groups_cover_every_parameter_once():
+    m = Transformer(MODEL)
+    decay, no_decay = param_groups(m, 0.1)
+    ids = [id(p) for p in decay['params']] + [id(p) for p in no_decay['params']]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert {names[id(p)] for p in decay['params']} == {n for n, p in m.named_parameters()
+                                                       if p.ndim == 2 and n != 'tok_emb.weight'}
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(lr=-1.0), 'TrainConfig.lr=-1.0 must be > 0'),
+    (dict(max_steps=0), 'TrainConfig.max_steps=0 must be a positive integer'),
+    (dict(schedule='step'), "TrainConfig.schedule='step' is not a known schedule; allowed: 'cosine', 'noam', 'constant'"),
+    (dict(dtype='half'), "TrainConfig.dtype='half' is not allowed; allowed: 'auto', 'float32', 'bfloat16'"),
+    (dict(beta2=1.0), 'TrainConfig.beta2=1.0 must be in [0, 1)'),
+    (dict(grad_clip=-1.0), 'TrainConfig.grad_clip=-1.0 must be >= 0'),
+])
+def test_train_config_errors(kwargs, message):
+    with pytest.raises(ValueError) as e:
+        TrainConfig(**kwargs)
+    assert message in str(e.value)
+
+
+def test_mismatched_vocab_and_context_are_rejected(data):
+    with pytest.raises(ValueError, match='the data has vocab_size 256 but ModelConfig.vocab_size=100'):
+        train(MODEL.replace(vocab_size=100), TrainConfig(**KW), data)
+    with pytest.raises(ValueError, match='TrainConfig.block_size=64 exceeds ModelConfig.block_size=32'):
+        train(MODEL, TrainConfig(**KW, block_size=64), data)
+
+
+def test_evaluate_is_repeatable(data):
+    m = Transformer(MODEL)
+    a, b = evaluate(m, data, iters=3, batch_size=4), evaluate(m, data, iters=3, batch_size=4)
+    assert a == b and math.isfinite(a)
