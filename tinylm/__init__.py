@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #04010b4c
+# %% ../nbs/index.ipynb #610e47b3
 # `import tinylm` loads every module, so every registry (norms, FFNs, positions, schedules,
 # corpora, commands) holds every variant the course teaches.
 from .core import *
@@ -16,3 +16,12 @@ from .attention import *
 from .model import *
 from .training import *
 from . import cli
+from .experiments import *
+from .prenorm import *
+from .rmsnorm import *
+from .no_bias import *
+from .glu import *
+from .positions import *
+from .gqa import *
+from .stability import *
+from .modern import *
