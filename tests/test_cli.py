@@ -40,6 +40,14 @@ def test_console_script_train_then_sample(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert s.returncode == 0, s.stderr
     assert s.stdout.startswith('And the') and len(s.stdout.rstrip('\n')) == len('And the') + 30
+    # nucleus sampling and a stop character: the continuation ends at the first 'e' it generates
+    s = subprocess.run([exe, 'sample', str(out), '--prompt', 'And th', '--tokens', '60', '--top-p', '0.9', '--stop', 'e'],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert s.returncode == 0, s.stderr
+    cont = s.stdout.rstrip('\n')[len('And th'):]
+    assert 'e' not in cont[:-1] and (cont.endswith('e') or len(cont) == 60), cont
+    s = subprocess.run([exe, 'sample', str(out), '--top-p', '1.5'], capture_output=True, text=True, env=env, timeout=120)
+    assert s.returncode == 2 and 'top_p=1.5 must be a number in (0, 1]' in s.stderr
 
 
 def test_resume_from_the_command_line_matches_an_uninterrupted_run(tmp_path, capsys):
