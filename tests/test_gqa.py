@@ -10,7 +10,7 @@ from tinylm import model as nb04
 from tinylm.attention import MultiHeadAttention, attend, causal_mask
 from tinylm.core import count_params
 from tinylm.experiments import EXPERIMENTS, MODEL_PRESETS, plan
-from tinylm.gqa import (GroupedQueryAttention, KVCache, generate, gqa, grouped_attend, kv_cache_bytes, left_pad, positions,
+from tinylm.gqa import (GroupedQueryAttention, KVCache, generate, gqa_2017, grouped_attend, kv_cache_bytes, left_pad, prompt_positions,
                         relative_positions, repeat_kv, sample_next, top_k_filter, top_p_filter)
 from tinylm.model import ModelConfig, Transformer, baseline_2017
 
@@ -26,7 +26,7 @@ def one_thread():
 
 def model(n_kv_head=2, **kw):
     torch.manual_seed(0)
-    return Transformer(gqa(**{**SMALL, **kw}, n_kv_head=n_kv_head)).eval()
+    return Transformer(gqa_2017(**{**SMALL, **kw}, n_kv_head=n_kv_head)).eval()
 
 
 def test_grouped_attend_equals_repeated_heads_with_every_mask():
@@ -74,18 +74,18 @@ def test_gqa_with_all_heads_is_mha_and_fewer_heads_match_a_per_head_reference():
 def test_config_preset_and_parameter_counts():
     cfg = MODEL_PRESETS['gqa']()
     assert (cfg.attention, cfg.n_kv_head, cfg.kv_heads) == ('gqa', 2, 2)
-    full, mqa = Transformer(baseline_2017(**SMALL)), Transformer(gqa(**SMALL, n_kv_head=1))
+    full, mqa = Transformer(baseline_2017(**SMALL)), Transformer(gqa_2017(**SMALL, n_kv_head=1))
     d, hd = 32, 8
     assert count_params(full)['total'] - count_params(mqa)['total'] == 2 * 2 * (d * d + d - (d * hd + hd))
     assert mqa.blocks[1].attn.k_proj.weight.shape == (8, 32)
-    same = Transformer(gqa(**SMALL, n_kv_head=4))
+    same = Transformer(gqa_2017(**SMALL, n_kv_head=4))
     same.load_state_dict(full.state_dict())
     idx = torch.randint(0, 50, (2, 10))
     torch.testing.assert_close(same.eval()(idx), full.eval()(idx))
     with pytest.raises(ValueError, match="needs grouped-query attention, but attention='mha'"):
         ModelConfig(n_kv_head=2)
     with pytest.raises(ValueError, match='ModelConfig.n_kv_head=3 must divide n_head=4'):
-        gqa(n_kv_head=3)
+        gqa_2017(n_kv_head=3)
 
 
 @pytest.mark.parametrize('position', ['sinusoidal', 'rope'])
@@ -128,7 +128,7 @@ def test_top_p_and_top_k():
 
 def test_left_padding_and_positions():
     ids, real = left_pad([[7, 8], [9, 10, 11]])
-    assert ids.tolist() == [[0, 7, 8], [9, 10, 11]] and positions(real).tolist() == [[0, 0, 1], [0, 1, 2]]
+    assert ids.tolist() == [[0, 7, 8], [9, 10, 11]] and prompt_positions(real).tolist() == [[0, 0, 1], [0, 1, 2]]
     assert not relative_positions(model()) and relative_positions(model(position='rope'))
 
 
