@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #610e47b3
+# %% ../nbs/index.ipynb #7f174683
 # `import tinylm` loads every module, so every registry (norms, FFNs, positions, schedules,
 # corpora, commands) holds every variant the course teaches.
 from .core import *
@@ -25,3 +25,5 @@ from .positions import *
 from .gqa import *
 from .stability import *
 from .modern import *
+from .hf import *
+__all__ = [n for n in dir() if not n.startswith('_')]  # so `from tinylm import *` brings the public API
