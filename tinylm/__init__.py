@@ -7,23 +7,27 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/index.ipynb #7f174683
-# `import tinylm` loads every module, so every registry (norms, FFNs, positions, schedules,
-# corpora, commands) holds every variant the course teaches.
-from .core import *
-from .data import *
-from .tokenizer import *
-from .attention import *
-from .model import *
-from .training import *
-from . import cli
-from .experiments import *
-from .prenorm import *
-from .rmsnorm import *
-from .no_bias import *
-from .glu import *
-from .positions import *
-from .gqa import *
-from .stability import *
-from .modern import *
-from .hf import *
-__all__ = [n for n in dir() if not n.startswith('_')]  # so `from tinylm import *` brings the public API
+# `import tinylm` loads every module, so every registry (norms, FFNs, positions, schedules, corpora,
+# commands, experiments) holds every variant the course teaches; the names below are the public API,
+# everything else stays module-qualified (`tinylm.positions.RoPE`, `tinylm.studies.gqa.decode_benchmark`).
+from . import (core, data, tokenizer, attention, model, generation, training,
+                    prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hf, experiments, studies, cli)
+from .core import Registry, count_params, resolve_device, seed_everything
+from .data import CORPORA, TokenDataset, load_text, prepare_dataset
+from .tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, gpt2_tokenizer, load_tokenizer
+from .attention import MultiHeadAttention
+from .model import MODEL_PRESETS, ModelConfig, Transformer
+from .generation import KVCache, generate
+from .training import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, train
+from .experiments import (EXPERIMENTS, SCALES, Benchmark, Experiment, load_result, plot_curves, plot_final,
+                                print_summary, run_experiment, summarize)
+from .hf import from_hf_gpt2, from_hf_llama, to_hf_gpt2, to_hf_llama
+
+__all__ = ['Registry', 'count_params', 'resolve_device', 'seed_everything',
+           'CORPORA', 'TokenDataset', 'load_text', 'prepare_dataset',
+           'BPETokenizer', 'CharTokenizer', 'build_tokenizer', 'gpt2_tokenizer', 'load_tokenizer',
+           'MultiHeadAttention', 'MODEL_PRESETS', 'ModelConfig', 'Transformer', 'KVCache', 'generate',
+           'TrainConfig', 'Trainer', 'load_checkpoint', 'model_from_checkpoint', 'train',
+           'EXPERIMENTS', 'SCALES', 'Benchmark', 'Experiment', 'load_result', 'plot_curves', 'plot_final',
+           'print_summary', 'run_experiment', 'summarize',
+           'from_hf_gpt2', 'from_hf_llama', 'to_hf_gpt2', 'to_hf_llama']

@@ -13,7 +13,8 @@ from torch import nn, Tensor
 from .core import Timer
 
 # %% auto #0
-__all__ = ['ATTENTION_IMPLS', 'causal_mask', 'padding_mask', 'naive_attention', 'attend', 'QKIdentity', 'MultiHeadAttention']
+__all__ = ['ATTENTION_IMPLS', 'causal_mask', 'padding_mask', 'naive_attention', 'repeat_kv', 'attention_mask', 'attend',
+           'MultiHeadAttention']
 
 # %% ../nbs/03_attention.ipynb #b7e77bd6
 def causal_mask(T: int, # number of queries
@@ -51,70 +52,98 @@ def naive_attention(q: Tensor, # (B, H, T, hd) queries
 # %% ../nbs/03_attention.ipynb #4f98ebf5
 ATTENTION_IMPLS = ('sdpa', 'naive')
 
+def repeat_kv(x: Tensor, # (B, n_kv_head, S, hd) keys or values
+              n_rep: int, # query heads per key/value head
+             ) -> Tensor:
+    "(B, n_kv_head, S, hd) -> (B, n_kv_head * n_rep, S, hd): query head h reads key/value head h // n_rep."
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
 def _self_key(T: int, S: int, device=None) -> Tensor:
     "(T, S) mask that is True only where query t meets its own key, S - T + t."
     return torch.arange(S, device=device)[None, :] == torch.arange(S - T, S, device=device)[:, None]
 
-def attend(q: Tensor, k: Tensor, v: Tensor, # (B, H, T, hd), (B, H, S, hd), (B, H, S, hd)
-           causal: bool = True, # mask future keys
+def attention_mask(T: int, S: int, causal: bool, key_padding: Tensor | None, device=None) -> Tensor | None:
+    "The boolean mask `attend` uses, broadcastable to (B, 1, T, S); None when every query may see every key."
+    mask = None
+    if key_padding is not None:
+        # a padding query would see no key at all (softmax of all -inf = NaN, which then leaks into
+        # later layers through 0 * NaN); letting every query see its own key keeps it finite
+        mask = key_padding[:, None, None, :] | _self_key(T, S, device)                 # (B, 1, T, S)
+    if causal and T > 1:   # one query, the newest position, may see every key: no mask needed
+        cm = causal_mask(T, S, device=device)                                          # (T, S)
+        mask = cm if mask is None else mask & cm
+    return mask
+
+def attend(q: Tensor, k: Tensor, v: Tensor, # (B, H, T, hd), (B, H_kv, S, hd), (B, H_kv, S, hd); H_kv divides H
+           causal: bool = True, # mask future keys (the queries are the last T of the S positions)
            key_padding: Tensor | None = None, # (B, S) boolean, True for real keys
            dropout_p: float = 0.0,
            impl: str = 'sdpa', # 'sdpa' (fused) or 'naive' (from scratch)
            score_mod=None, # function of the (B, H, T, S) scores, e.g. a soft-cap; forces the naive path
           ) -> Tensor:
-    "Multi-head scaled dot-product attention with optional causal and key-padding masks, (B, H, T, hd)."
+    "Scaled dot-product attention over heads, with optional causal and key-padding masks, (B, H, T, hd)."
     if impl not in ATTENTION_IMPLS: raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
-    T, S = q.size(-2), k.size(-2)
-    mask = None
-    if key_padding is not None:
-        # a padding query would see no key at all (softmax of all -inf = NaN, which then leaks into
-        # later layers through 0 * NaN); letting every query see its own key keeps it finite
-        mask = key_padding[:, None, None, :] | _self_key(T, S, q.device)              # (B, 1, T, S)
-    if causal:
-        cm = causal_mask(T, S, device=q.device)                                       # (T, S)
-        mask = cm if mask is None else mask & cm
-    if impl == 'naive' or score_mod is not None: return naive_attention(q, k, v, mask, dropout_p, score_mod=score_mod)
-    if causal and key_padding is None and T == S:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    T, S, n_rep = q.size(-2), k.size(-2), q.size(1) // k.size(1)
+    if impl == 'naive' or score_mod is not None:
+        mask = attention_mask(T, S, causal, key_padding, q.device)
+        return naive_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask, dropout_p, score_mod=score_mod)
+    gqa = dict(enable_gqa=True) if n_rep > 1 else {}   # SDPA reads the shared key/value heads without copying them
+    if key_padding is None and (not causal or T == 1 or T == S):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal and T == S and T > 1, **gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(T, S, causal, key_padding, q.device),
+                                          dropout_p=dropout_p, **gqa)
 
 # %% ../nbs/03_attention.ipynb #4085ec6c
-class QKIdentity(nn.Module):
-    "The default `qk_transform`: returns queries and keys unchanged."
-    def forward(self, q: Tensor, k: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]: return q, k
-
 class MultiHeadAttention(nn.Module):
-    "Causal multi-head self-attention with separate q/k/v/o projections and a `qk_transform` hook."
+    "Causal multi-head self-attention with separate q/k/v/o projections and named slots for later notebooks."
     def __init__(self, d_model: int, # model width
-                 n_head: int, # number of heads; must divide d_model
+                 n_head: int, # query heads; must divide d_model
+                 *,
+                 n_kv_head: int | None = None, # key/value heads; must divide n_head; None = n_head (notebook 12)
                  bias: bool = True, # biases on the four projections
                  dropout: float = 0.0, # dropout on the attention weights
                  impl: str = 'sdpa', # 'sdpa' or 'naive'
-                 qk_transform: nn.Module | None = None, # (q, k, pos) -> (q, k); identity if None
-                 score_mod=None, # function of the raw (B, H, T, S) scores; None = plain softmax attention
+                 rotary: nn.Module | None = None, # (q, k, pos) -> (q, k) rotation of queries and keys (notebook 11)
+                 q_norm: nn.Module | None = None, # per-head norm of the queries (notebook 13)
+                 k_norm: nn.Module | None = None, # per-head norm of the keys (notebook 13)
+                 score_mod=None, # function of the raw (B, H, T, S) scores (notebook 13)
                 ):
         super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
         if d_model % n_head: raise ValueError(f'n_head={n_head} must divide d_model={d_model}')
+        if not isinstance(n_kv_head, int) or n_kv_head < 1 or n_head % n_kv_head:
+            raise ValueError(f'n_kv_head={n_kv_head!r} must be a positive integer that divides n_head={n_head}')
         if impl not in ATTENTION_IMPLS: raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
-        self.n_head, self.head_dim, self.dropout, self.impl = n_head, d_model // n_head, dropout, impl
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(d_model, d_model, bias=bias) for _ in range(4))
-        self.qk_transform = qk_transform if qk_transform is not None else QKIdentity()
-        self.score_mod = score_mod
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
+        self.dropout, self.impl, self.rotary, self.score_mod = dropout, impl, rotary, score_mod
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.q_norm = q_norm if q_norm is not None else nn.Identity()
+        self.k_norm = k_norm if k_norm is not None else nn.Identity()
 
     def split_heads(self, x: Tensor) -> Tensor:
-        "(B, T, d_model) -> (B, n_head, T, head_dim)"
+        "(B, T, heads * head_dim) -> (B, heads, T, head_dim)"
         B, T, _ = x.shape
         return x.view(B, T, -1, self.head_dim).transpose(1, 2)
 
+    def project(self, x: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        "Queries (B, n_head, T, hd), keys and values (B, n_kv_head, T, hd) of `x`, after the norm and rotary slots."
+        q = self.q_norm(self.split_heads(self.q_proj(x)))
+        k = self.k_norm(self.split_heads(self.k_proj(x)))
+        v = self.split_heads(self.v_proj(x))
+        if self.rotary is not None: q, k = self.rotary(q, k, pos)
+        return q, k, v
+
     def forward(self, x: Tensor, # (B, T, d_model)
                 key_padding: Tensor | None = None, # (B, S) True for real keys (S = T without a cache)
-                pos: Tensor | None = None, # (T,) or (B, T) positions, for position-aware qk transforms
+                pos: Tensor | None = None, # (T,) or (B, T) positions, for the rotary slot
                 cache=None, # KV cache for this layer: `update(k, v) -> (k_all, v_all)`
                ) -> Tensor:
         B, T, C = x.shape
-        q, k, v = (self.split_heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))  # (B, H, T, hd)
-        q, k = self.qk_transform(q, k, pos)
-        if cache is not None: k, v = cache.update(k, v)                                     # (B, H, S, hd)
+        q, k, v = self.project(x, pos)                                                  # (B, H, T, hd), (B, H_kv, T, hd) x 2
+        if cache is not None: k, v = cache.update(k, v)                                 # (B, n_kv_head, S, hd)
         y = attend(q, k, v, causal=True, key_padding=key_padding,
                    dropout_p=self.dropout if self.training else 0.0, impl=self.impl, score_mod=self.score_mod)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))                             # (B, T, d_model)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))                          # (B, T, d_model)

@@ -4,21 +4,24 @@
 
 # %% ../nbs/05a_cli.ipynb #5834253c
 from __future__ import annotations
-import argparse, dataclasses, hashlib, json, math, sys, time
+import argparse, json, math, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .core import Registry, atomic_write, count_params, environment_info, fmt_count, parse_assignments, resolve_device
-from .data import CORPORA, cache_dir, prepare_dataset, load_text, source_key
-from .tokenizer import build_tokenizer, load_tokenizer, tokenizer_from_dict
+from .core import COMMANDS, Command, Registry, atomic_write, count_params, environment_info, fmt_count, parse_assignments, resolve_device
+from .data import CORPORA, prepare_dataset
+from .tokenizer import corpus_tokenizer, tokenizer_from_dict
 from .model import MODEL_PRESETS, ModelConfig, Transformer
-from .training import TrainConfig, TrainingDiverged, model_from_checkpoint, train
+from .generation import can_cache, generate
+from .training import TrainConfig, TrainingDiverged, model_from_checkpoint, split_overrides, train
+from . import experiments  # noqa: F401  (registers `tinylm experiment`)
+from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern  # noqa: F401  (their experiments)
 
 # %% auto #0
-__all__ = ['RUN_PRESETS', 'COMMANDS', 'RunPreset', 'corpus_tokenizer', 'resolve_run', 'cmd_train', 'sample_text', 'cmd_sample',
-           'cmd_corpora', 'cmd_presets', 'build_parser', 'main']
+__all__ = ['RUN_PRESETS', 'RunPreset', 'resolve_run', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora', 'cmd_presets',
+           'build_parser', 'main']
 
 # %% ../nbs/05a_cli.ipynb #f9ba567d
 @dataclass
@@ -52,36 +55,17 @@ RUN_PRESETS['gpu'] = RunPreset(
     train=TrainConfig(max_steps=2000, batch_size=64, lr=1e-3, warmup_steps=200, eval_interval=250, eval_iters=20,
                       log_interval=25, compile=True))
 
-# %% ../nbs/05a_cli.ipynb #b39f71f7
-def corpus_tokenizer(spec: str, # 'char', 'bpe', 'bpe:N', 'gpt2' or a saved tokenizer JSON
-                     corpus: str, # what the tokenizer is trained on when it needs training
-                     cache: Path | None = None):
-    "The tokenizer `spec` for `corpus`, trained on it once and cached when `spec` needs training."
-    if spec == 'gpt2' or Path(spec).suffix == '.json' or Path(spec).exists(): return build_tokenizer(spec)
-    name, ident = source_key(corpus)
-    key = hashlib.sha256(f'{ident}|{spec}'.encode()).hexdigest()[:12]
-    path = (cache or cache_dir() / 'tokenizers') / f"{name.replace('/', '_')[:60]}-{spec.replace(':', '')}-{key}.json"
-    if path.exists(): return load_tokenizer(path)
-    tok = build_tokenizer(spec, load_text(corpus))
-    tok.save(path)
-    return tok
-
 # %% ../nbs/05a_cli.ipynb #33a1bfe4
 def resolve_run(args) -> tuple[RunPreset, ModelConfig, TrainConfig]:
     "Apply command-line overrides to the chosen preset; returns the preset and both configs."
     preset = RUN_PRESETS[args.preset]
     tcfg, overrides = preset.train, dict(preset.model_overrides)
-    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     model_sets, train_sets = [], []
     for a in args.set or []:
-        k = a.split('=', 1)[0].strip()
-        if k.startswith('model.'): model_sets.append(a[6:])
-        elif k.startswith('train.'): train_sets.append(a[6:])
-        elif k in model_fields: model_sets.append(a)
-        elif k in train_fields: train_sets.append(a)
-        else: raise ValueError(f"--set {a!r}: {k!r} is neither a ModelConfig nor a TrainConfig field "
-                               f"(ModelConfig: {', '.join(sorted(model_fields))}; TrainConfig: {', '.join(sorted(train_fields))})")
+        if '=' not in a: raise ValueError(f"--set {a!r}: expected FIELD=VALUE, e.g. --set n_layer=6")
+        key, value = a.split('=', 1)
+        _, m, _ = split_overrides({key.strip(): None}, f'--set {a!r}')   # the router of notebook 05, as the experiments use it
+        (model_sets if m else train_sets).append(f"{key.strip().rpartition('.')[2]}={value}")
     overrides.update(parse_assignments(ModelConfig, model_sets))
     tchanges = parse_assignments(TrainConfig, train_sets)
     for flag, name in (('max_steps', 'max_steps'), ('device', 'device'), ('seed', 'seed'), ('lr', 'lr'),
@@ -104,7 +88,7 @@ def cmd_train(args) -> int:
     tok = corpus_tokenizer(spec, corpus)
     data = prepare_dataset(corpus, tok)
     mcfg = MODEL_PRESETS[model_name](**{**overrides, 'vocab_size': tok.vocab_size})
-    n = count_params(Transformer(mcfg).to('meta'))
+    with torch.device('meta'): n = count_params(Transformer(mcfg))   # shapes only, no memory
     print(f'corpus {corpus!r}: {fmt_count(data.n_tokens("train"))} train / {fmt_count(data.n_tokens("val"))} val tokens '
           f'({tok.name}, vocab {tok.vocab_size}); data ready in {time.perf_counter() - t0:.1f} s')
     print(f"model {model_name}: {fmt_count(n['total'])} parameters ({fmt_count(n['non_embedding'])} non-embedding); "
@@ -132,11 +116,10 @@ def cmd_train(args) -> int:
 # %% ../nbs/05a_cli.ipynb #3d92adeb
 def sample_text(model, tok, prompt: str, n: int, temperature: float = 0.8, top_k: int | None = None,
                 seed: int = 0, device='cpu', top_p: float | None = None, stop: list[int] | None = None) -> str:
-    "Decode up to `n` sampled tokens after `prompt` (with notebook 12's KV cache when the request fits, else a sliding window)."
-    from tinylm.gqa import can_cache, generate as generate_cached   # notebook 12; imported here: gqa -> experiments -> cli
+    "Decode up to `n` sampled tokens after `prompt` (with the KV cache when the request fits, else a sliding window)."
     ids = tok.encode(prompt) if prompt else ([tok.eot_id] if getattr(tok, 'eot_id', None) is not None else [0])
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = generate_cached(model, [ids], n, temperature, top_k, gen, top_p=top_p, stop=stop,
+    out = generate(model, [ids], n, temperature, top_k, gen, top_p=top_p, stop=stop,
                           use_cache=can_cache(model, len(ids), n))
     return tok.decode(out[0])
 
@@ -168,8 +151,6 @@ def cmd_presets(args) -> int:
     return 0
 
 # %% ../nbs/05a_cli.ipynb #9fc73c33
-COMMANDS = Registry('command')  # name -> (handler, add_arguments, help)
-
 def _train_args(p):
     p.add_argument('--preset', default='default', help='run preset (see `tinylm presets`; default: %(default)s)')
     p.add_argument('--corpus', help="corpus name, text file, folder or URL (default: the preset's; see `tinylm corpora`)")
@@ -201,23 +182,22 @@ def _sample_args(p):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default='cpu')
 
-COMMANDS['train'] = (cmd_train, _train_args, 'train a model (no arguments: the ~3-minute main job)')
-COMMANDS['sample'] = (cmd_sample, _sample_args, 'generate text from a trained model')
-COMMANDS['corpora'] = (cmd_corpora, lambda p: None, 'list the built-in corpora')
-COMMANDS['presets'] = (cmd_presets, lambda p: None, 'list run and model presets')
+COMMANDS['train'] = Command(cmd_train, _train_args, 'train a model (no arguments: the ~3-minute main job)')
+COMMANDS['sample'] = Command(cmd_sample, _sample_args, 'generate text from a trained model')
+COMMANDS['corpora'] = Command(cmd_corpora, lambda p: None, 'list the built-in corpora')
+COMMANDS['presets'] = Command(cmd_presets, lambda p: None, 'list run and model presets')
 
 def build_parser() -> argparse.ArgumentParser:
     "The `tinylm` argument parser with one subcommand per `COMMANDS` entry."
     parser = argparse.ArgumentParser(prog='tinylm', description='Train and sample small transformer language models.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    for name, (fn, add, help) in COMMANDS.items():
-        p = sub.add_parser(name, help=help, description=(fn.__doc__ or help))
-        add(p); p.set_defaults(func=fn)
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=(cmd.run.__doc__ or cmd.help))
+        cmd.add_arguments(p); p.set_defaults(func=cmd.run)
     return parser
 
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `tinylm` command."
-    import tinylm  # noqa: F401  (fills every registry: variants, corpora, commands)
     parser = build_parser()
     args = parser.parse_args(argv)
     try: return args.func(args)

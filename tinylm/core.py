@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #894884aa
 from __future__ import annotations
-import contextlib, os, random, tempfile, time
+import contextlib, dataclasses, os, random, tempfile, time, typing
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['PEAK_BF16_FLOPS', 'default_device', 'resolve_device', 'autocast_dtype', 'autocast', 'seed_everything', 'count_params',
-           'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'atomic_write', 'Registry', 'config_from_dict',
-           'parse_assignments', 'device_name', 'git_commit', 'environment_info', 'fmt_count']
+__all__ = ['PEAK_BF16_FLOPS', 'COMMANDS', 'default_device', 'resolve_device', 'autocast_dtype', 'autocast', 'seed_everything',
+           'count_params', 'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'atomic_write', 'Registry', 'Command',
+           'config_from_dict', 'parse_assignments', 'device_name', 'git_commit', 'package_version', 'environment_info',
+           'fmt_count']
 
 # %% ../nbs/00_core.ipynb #61493669
 def default_device() -> str:
@@ -145,9 +146,16 @@ class Registry(dict):
     def __getitem__(self, name):
         self.check(name); return super().__getitem__(name)
 
-# %% ../nbs/00_core.ipynb #39b7906a
-import dataclasses, typing
+@dataclasses.dataclass(frozen=True)
+class Command:
+    "One `tinylm` subcommand: what it runs, how it adds its arguments to the parser, and its one-line help."
+    run: typing.Callable          # args -> exit code
+    add_arguments: typing.Callable  # argparse parser -> None
+    help: str
 
+COMMANDS = Registry('command')  # name -> Command; each notebook that adds a subcommand registers it here
+
+# %% ../nbs/00_core.ipynb #39b7906a
 def config_from_dict(cls, d: dict):
     "Build dataclass `cls` from dict `d`, rejecting keys that are not fields of `cls`."
     names = {f.name for f in dataclasses.fields(cls)}
@@ -202,11 +210,16 @@ def git_commit(path: str | Path = '.') -> str | None:
         return head.stdout.strip() + ('+dirty' if dirty else '')
     except (OSError, subprocess.SubprocessError): return None
 
+def package_version() -> str:
+    "The installed tinylm's version (from its package metadata), or 'unknown' when it is not installed."
+    from importlib.metadata import PackageNotFoundError, version
+    try: return version('tinylm')
+    except PackageNotFoundError: return 'unknown'
+
 def environment_info(device: str | torch.device = 'cpu') -> dict:
     "Device, versions, git commit and UTC date, for result files."
-    from tinylm import __version__
     return dict(device=str(torch.device(device)), device_name=device_name(device), torch=torch.__version__,
-                python=platform.python_version(), tinylm=__version__, git_commit=git_commit(),
+                python=platform.python_version(), tinylm=package_version(), git_commit=git_commit(),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
 
 # %% ../nbs/00_core.ipynb #b92af013

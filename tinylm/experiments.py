@@ -7,22 +7,24 @@ from __future__ import annotations
 import dataclasses, hashlib, itertools, json, math, os, shutil, statistics, time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .core import Registry, atomic_write, count_params, environment_info, fmt_count, resolve_device
+from .core import COMMANDS, Command, Registry, atomic_write, count_params, environment_info, fmt_count, resolve_device
 from .data import cache_dir, prepare_dataset
+from .tokenizer import corpus_tokenizer
 from .model import MODEL_PRESETS, ModelConfig, model_flops_per_token
-from .training import TrainConfig, Trainer, TrainingDiverged
-from .cli import COMMANDS, corpus_tokenizer
+from .training import TrainConfig, Trainer, TrainingDiverged, split_overrides
 
 # %% auto #0
-__all__ = ['SCALES', 'EXPERIMENT_BASE', 'MODEL_FIELDS', 'TRAIN_FIELDS', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 'EXPERIMENTS',
-           'LR_SWEEP', 'Scale', 'split_overrides', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan',
-           'tokens_budget', 'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir',
-           'result_path', 'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data',
-           'run_experiment', 'final_value', 'summarize', 'describe', 'print_summary', 'plot_curves', 'plot_final',
-           'plot_lr_sweep', 'plot_grid', 'register_experiment', 'find_experiments', 'describe_plan', 'cmd_experiment']
+__all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 'EXPERIMENTS', 'Scale', 'grid', 'combine',
+           'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget', 'run_flops_per_token', 'flops_budget',
+           'steps_per_second', 'seconds_budget', 'results_dir', 'result_path', 'load_result', 'save_result',
+           'fingerprint', 'is_done', 'execute', 'load_data', 'run_experiment', 'final_value', 'summarize', 'describe',
+           'print_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label',
+           'config_value', 'plot_lr_sweep', 'plot_grid', 'Benchmark', 'register_experiment', 'run_benchmark',
+           'find_experiments', 'describe_plan', 'cmd_experiment']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -58,28 +60,6 @@ SCALES['gpu'] = Scale(
     corpus='pystdlib', tokenizer='bpe:8192', seeds=(0, 1), seconds=90.0)
 
 EXPERIMENT_BASE = dict(dropout=0.0, tie_embeddings=False)  # what every experiment changes in baseline_2017
-
-# %% ../nbs/06_experiments.ipynb #7548a6b5
-MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
-TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
-
-def split_overrides(overrides: dict, # field -> value; 'model.x' / 'train.x' disambiguate; 'preset' picks a model preset
-                    where: str = 'overrides', # named in error messages
-                   ) -> tuple[str | None, dict, dict]:
-    "Route `overrides` to (model preset, ModelConfig fields, TrainConfig fields); unknown or ambiguous keys raise."
-    preset, model, train = None, {}, {}
-    for key, value in overrides.items():
-        if key == 'preset': preset = MODEL_PRESETS.check(value, f'{where}: preset'); continue
-        scope, _, name = key.rpartition('.')
-        if scope not in ('', 'model', 'train'): raise ValueError(f"{where}: {key!r} has an unknown prefix; use 'model.' or 'train.'")
-        in_model, in_train = name in MODEL_FIELDS and scope != 'train', name in TRAIN_FIELDS and scope != 'model'
-        if in_model and in_train:
-            raise ValueError(f"{where}: {key!r} is a field of both configs; write 'model.{name}' or 'train.{name}'")
-        if not (in_model or in_train):
-            raise ValueError(f"{where}: {key!r} is neither a ModelConfig nor a TrainConfig field "
-                             f"(ModelConfig: {', '.join(sorted(MODEL_FIELDS))}; TrainConfig: {', '.join(sorted(TRAIN_FIELDS))})")
-        (model if in_model else train)[name] = value
-    return preset, model, train
 
 # %% ../nbs/06_experiments.ipynb #bee9695c
 def _fmt(v) -> str: return f'{v:g}' if isinstance(v, float) else str(v)
@@ -237,7 +217,9 @@ def fingerprint(spec: RunSpec, budget: str) -> dict:
 def is_done(result: dict, spec: RunSpec, budget: str) -> bool:
     "Whether `result` already holds a finished run (ok or diverged) made exactly as `spec` asks."
     run = result.get('runs', {}).get(spec.key)
-    return bool(run) and run['status'] in ('ok', 'diverged') and run['fingerprint'] == fingerprint(spec, budget)
+    if not run or run['status'] not in ('ok', 'diverged'): return False
+    stored = dict(run['fingerprint'], model=ModelConfig.from_dict(run['fingerprint']['model']).to_dict())  # older files too
+    return stored == fingerprint(spec, budget)
 
 # %% ../nbs/06_experiments.ipynb #0aeea75e
 def _final(records: list[dict], trainer: Trainer) -> dict:
@@ -354,16 +336,19 @@ def print_summary(result: dict, metric: str = 'val_loss') -> None:
         print(f"{v:<32} {m:>10} {sd:>7} {r['seeds']:>5} {r['diverged']:>4} {fmt_count(r['params']):>8} {r['steps']:>6} {tps:>8}")
 
 # %% ../nbs/06_experiments.ipynb #3d203de4
-def _axis(ax, figsize=(6, 3.6)):
+def axes_or_new(ax=None, figsize=(6, 3.6)):
+    "`ax`, or the axes of a new figure of `figsize`: every plot helper draws into a given axes or its own."
     if ax is not None: return ax
     import matplotlib.pyplot as plt
     return plt.subplots(figsize=figsize, dpi=80)[1]
 
-def _title(result: dict, what: str) -> str:
+def plot_title(result: dict, what: str) -> str:
+    "A plot title: `what`, then the experiment, scale and device of `result`."
     env = result.get('environment', {})
     return f"{what}\n{result['experiment']}, {result['scale']} scale, {env.get('device_name', '?')}"
 
-def _runs_by_variant(result: dict, variants=None) -> dict[str, list[dict]]:
+def runs_by_variant(result: dict, variants=None) -> dict[str, list[dict]]:
+    "The runs of `result` grouped by variant (in `variants` order, if given)."
     out = {}
     for run in result['runs'].values(): out.setdefault(run['variant'], []).append(run)
     return {v: out[v] for v in (variants or out) if v in out}
@@ -372,8 +357,8 @@ def plot_curves(result: dict, x: str = 'tokens', # 'tokens', 'step' or 'elapsed_
                 y: str = 'val_loss', # any metric in the records: 'val_loss', 'train_loss', 'grad_norm', a probe...
                 variants: list[str] | None = None, ax=None, logy: bool = False):
     "One line per variant: the seed mean of `y` against `x`, with a band from the best to the worst seed."
-    ax = _axis(ax)
-    for v, runs in _runs_by_variant(result, variants).items():
+    ax = axes_or_new(ax)
+    for v, runs in runs_by_variant(result, variants).items():
         curves = [[r for r in run['curves'] if r.get(y) is not None] for run in runs]
         n = min(len(c) for c in curves)
         if n == 0: continue
@@ -384,12 +369,12 @@ def plot_curves(result: dict, x: str = 'tokens', # 'tokens', 'step' or 'elapsed_
     ax.set_xlabel({'tokens': 'training tokens', 'step': 'step', 'elapsed_s': 'training time (s)'}.get(x, x))
     ax.set_ylabel(y.replace('_', ' ') + (' (nats/token)' if y.endswith('loss') else ''))
     if logy: ax.set_yscale('log')
-    ax.set_title(_title(result, f'{y} vs {x}'), fontsize=9); ax.legend(fontsize=7); ax.grid(alpha=0.3)
+    ax.set_title(plot_title(result, f'{y} vs {x}'), fontsize=9); ax.legend(fontsize=7); ax.grid(alpha=0.3)
     return ax
 
 def plot_final(result: dict, metric: str = 'val_loss', variants: list[str] | None = None, ax=None):
     "Final `metric` per variant: every seed as a dot, the mean as a bar (diverged runs are left out and counted)."
-    ax = _axis(ax)
+    ax = axes_or_new(ax)
     rows = summarize(result, metric)
     names = [v for v in (variants or rows) if v in rows]
     means = [rows[v]['mean'] if rows[v]['mean'] is not None else float('nan') for v in names]
@@ -403,28 +388,30 @@ def plot_final(result: dict, metric: str = 'val_loss', variants: list[str] | Non
         pad = max(hi - lo, 1e-3)
         ax.set_xlim(lo - pad, max(max(rows[v]['values'] or [hi]) for v in names if rows[v]['values']) + pad)
     ax.set_xlabel(f"final {metric.replace('_', ' ')} (nats/token)" if metric.endswith('loss') else f'final {metric}')
-    ax.invert_yaxis(); ax.set_title(_title(result, f'final {metric}'), fontsize=9); ax.grid(alpha=0.3, axis='x')
+    ax.invert_yaxis(); ax.set_title(plot_title(result, f'final {metric}'), fontsize=9); ax.grid(alpha=0.3, axis='x')
     return ax
 
 # %% ../nbs/06_experiments.ipynb #52477195
-def _group(run: dict, key: str) -> str:
+def group_label(run: dict, key: str) -> str:
+    "A run's overrides other than `key`, as a label ('all' when there are none): the line it belongs to in a sweep plot."
     rest = {k: v for k, v in run['overrides'].items() if k != key}
     return ', '.join(f'{k}={_fmt(v)}' for k, v in rest.items()) or 'all'
 
-def _config_value(run: dict, key: str):
+def config_value(run: dict, key: str):
+    "The value of config field `key` ('lr', 'model.block_size', ...) in the run's stored configs."
     _, m, t = split_overrides({key: None})
     return run['model_config'][key.split('.')[-1]] if m else run['train_config'][key.split('.')[-1]]
 
 def plot_lr_sweep(result: dict, key: str = 'lr', metric: str = 'val_loss', ax=None):
     "Final `metric` against the swept `key` (log x), one line per group of the other overrides; diverged runs as x."
-    ax = _axis(ax)
+    ax = axes_or_new(ax)
     groups = {}
-    for run in result['runs'].values(): groups.setdefault(_group(run, key), []).append(run)
+    for run in result['runs'].values(): groups.setdefault(group_label(run, key), []).append(run)
     finite = [x for r in result['runs'].values() if r['status'] == 'ok' and (x := final_value(r, metric)) is not None]
     top = max(finite) if finite else 1.0
     for g, runs in groups.items():
         by_x = {}
-        for r in runs: by_x.setdefault(_config_value(r, key), []).append(r)
+        for r in runs: by_x.setdefault(config_value(r, key), []).append(r)
         xs = sorted(by_x)
         ok = [(x_, statistics.fmean(final_value(r, metric) for r in by_x[x_] if r['status'] == 'ok'))
               for x_ in xs if any(r['status'] == 'ok' for r in by_x[x_])]
@@ -433,17 +420,17 @@ def plot_lr_sweep(result: dict, key: str = 'lr', metric: str = 'val_loss', ax=No
         if bad: ax.plot(bad, [top * 1.02] * len(bad), 'x', color=line.get_color(), ms=8, mew=2)
     ax.set_xscale('log'); ax.set_xlabel(key.replace('_', ' '))
     ax.set_ylabel(f"final {metric.replace('_', ' ')}" + (' (nats/token)' if metric.endswith('loss') else ''))
-    ax.set_title(_title(result, f'{metric} vs {key} (x = diverged)'), fontsize=9); ax.legend(fontsize=7); ax.grid(alpha=0.3)
+    ax.set_title(plot_title(result, f'{metric} vs {key} (x = diverged)'), fontsize=9); ax.legend(fontsize=7); ax.grid(alpha=0.3)
     return ax
 
 def plot_grid(result: dict, row: str, col: str, metric: str = 'val_loss', ax=None, where: dict | None = None):
     "Heat map of the seed-mean final `metric` over two swept keys (runs matching `where` only); 'div' marks divergence."
     import numpy as np
-    ax = _axis(ax, figsize=(4.5, 3.6))
+    ax = axes_or_new(ax, figsize=(4.5, 3.6))
     runs = [r for r in result['runs'].values() if all(r['overrides'].get(k) == v for k, v in (where or {}).items())]
-    rows, cols = sorted({_config_value(r, row) for r in runs}), sorted({_config_value(r, col) for r in runs})
+    rows, cols = sorted({config_value(r, row) for r in runs}), sorted({config_value(r, col) for r in runs})
     cell = {}
-    for r in runs: cell.setdefault((_config_value(r, row), _config_value(r, col)), []).append(r)
+    for r in runs: cell.setdefault((config_value(r, row), config_value(r, col)), []).append(r)
     z = np.full((len(rows), len(cols)), np.nan)
     for (a, b), rs in cell.items():
         vals = [x for r in rs if r['status'] == 'ok' and (x := final_value(r, metric)) is not None]
@@ -457,18 +444,38 @@ def plot_grid(result: dict, row: str, col: str, metric: str = 'val_loss', ax=Non
     ax.set_xlabel(col.replace('_', ' ')); ax.set_ylabel(row.replace('_', ' '))
     ax.figure.colorbar(im, ax=ax, label=f"final {metric.replace('_', ' ')}")
     label = ', '.join(f'{k}={_fmt(v)}' for k, v in (where or {}).items())
-    ax.set_title(_title(result, f'{metric}' + (f' ({label})' if label else '')), fontsize=9)
+    ax.set_title(plot_title(result, f'{metric}' + (f' ({label})' if label else '')), fontsize=9)
     return ax
 
 # %% ../nbs/06_experiments.ipynb #bf1025b7
-EXPERIMENTS = Registry('experiment')
+EXPERIMENTS = Registry('experiment')   # name -> Experiment or Benchmark
 
-def register_experiment(exp: Experiment) -> Experiment:
+@dataclass
+class Benchmark:
+    "A registered measurement that is not a training comparison (a timing, a memory count): `run(scale, device) -> dict`."
+    name: str                      # result file stem, e.g. '12_decode_speed'
+    run: Callable                  # (scale: str, device: str | None) -> the result dict (environment included)
+    description: str = ''
+    notebook: str | None = None
+
+def register_experiment(exp: Experiment | Benchmark) -> Experiment | Benchmark:
     "Add `exp` to `EXPERIMENTS` (so `tinylm experiment` finds it) and return it."
     EXPERIMENTS.register(exp.name)(exp)
     return exp
 
-def find_experiments(query: str) -> list[Experiment]:
+def run_benchmark(bench: Benchmark, scale: str = 'tiny', *, results: str | Path | None = None, force: bool = False,
+                  device: str | None = None, verbose: bool = True) -> dict:
+    "Run `bench` at `scale` unless its result file exists (or `force`), and write the result file at persisting scales."
+    SCALES.check(scale)
+    path = result_path(bench.name, scale, results)
+    if SCALES[scale].persist and path.exists() and not force:
+        if verbose: print(f'{bench.name} at {scale} scale: already measured ({path}); --force measures again')
+        return json.loads(path.read_text())
+    result = dict(bench.run(scale, device), experiment=bench.name, notebook=bench.notebook, description=bench.description, scale=scale)
+    if SCALES[scale].persist: save_result(result, path)
+    return result
+
+def find_experiments(query: str) -> list[Experiment | Benchmark]:
     "Experiments matching `query`: an experiment name, a notebook ('07_prenorm', '07', 'prenorm', 'nbs/07_prenorm.ipynb')."
     q = Path(query).stem if query.endswith('.ipynb') else query
     found = [e for e in EXPERIMENTS.values() if e.notebook and
@@ -491,12 +498,19 @@ def describe_plan(exp: Experiment, scale: str, vocab_size: int, data=None, devic
 def cmd_experiment(args) -> int:
     "Run the experiments of a notebook (or named ones) at a scale and write their result files."
     if args.list or not args.names:
-        for e in EXPERIMENTS.values(): print(f'{e.name:<28} {e.notebook or "":<16} {len(e.variants):>3} variants  {e.description}')
+        for e in EXPERIMENTS.values():
+            kind = f'{len(e.variants):>3} variants' if isinstance(e, Experiment) else '  benchmark'
+            print(f'{e.name:<28} {e.notebook or "":<16} {kind}  {e.description}')
         return 0
     exps = [e for q in args.names for e in find_experiments(q)]
     try: seeds = tuple(int(s) for s in args.seeds.split(',')) if args.seeds else None
     except ValueError: raise ValueError(f'--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2') from None
     for exp in exps:
+        if isinstance(exp, Benchmark):
+            if args.dry_run: print(f'{exp.name} at {args.scale} scale: a benchmark (timed when it runs)'); continue
+            run_benchmark(exp, args.scale, results=args.results, force=args.force, device=args.device)
+            if SCALES[args.scale].persist: print(f'wrote {result_path(exp.name, args.scale, args.results)}')
+            continue
         if args.dry_run:
             tok, _ = load_data(args.scale)
             print(f'{exp.name} at {args.scale} scale ({exp.budget} budget):')
@@ -521,9 +535,4 @@ def _experiment_args(p) -> None:
     p.add_argument('--no-checkpoints', action='store_true', help='do not keep checkpoints of runs in progress')
     p.add_argument('--progress', action='store_true', help='show a progress bar per run')
 
-COMMANDS['experiment'] = (cmd_experiment, _experiment_args, 'run a notebook\'s experiments at a scale and write result files')
-
-# %% ../nbs/06_experiments.ipynb #ccee071a
-LR_SWEEP = register_experiment(Experiment(
-    '06_baseline_lr', grid(lr=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2]), notebook='06_experiments',
-    description='LR sweep of the 2017 baseline (post-norm LayerNorm, no dropout, untied) at the scale recipe'))
+COMMANDS['experiment'] = Command(cmd_experiment, _experiment_args, "run a notebook's experiments at a scale and write result files")

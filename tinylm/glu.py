@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .model import FFNS, MLP, MODEL_PRESETS, ModelConfig, baseline_2017
-from .experiments import Experiment, register_experiment
 
 # %% auto #0
-__all__ = ['GLU_PAIRS', 'GLU_EXPERIMENT', 'gelu_tanh', 'GeluMLP', 'GeluTanhMLP', 'SiluMLP', 'gated_width', 'GatedMLP', 'ReGLU',
-           'GeGLU', 'SwiGLU', 'swiglu', 'geglu', 'reglu']
+__all__ = ['gelu_tanh', 'GeluMLP', 'GeluTanhMLP', 'SiluMLP', 'gated_width', 'GatedMLP', 'ReGLU', 'GeGLU', 'SwiGLU', 'swiglu',
+           'geglu', 'reglu']
 
 # %% ../nbs/10_glu.ipynb #97686c4d
 def gelu_tanh(x: Tensor) -> Tensor:
@@ -92,11 +91,3 @@ def geglu(**overrides) -> ModelConfig:
 def reglu(**overrides) -> ModelConfig:
     "`baseline_2017` with the ReGLU feed-forward at its default width."
     return baseline_2017(**{'ffn': 'reglu', **overrides})
-
-# %% ../nbs/10_glu.ipynb #2813e147
-GLU_PAIRS = {'reglu': 'relu', 'geglu': 'gelu', 'swiglu': 'silu'}  # each gated unit and its plain counterpart
-
-GLU_EXPERIMENT = register_experiment(Experiment(
-    '10_glu', {name: {'ffn': name} for name in ('relu', 'gelu', 'silu', 'reglu', 'geglu', 'swiglu')}, notebook='10_glu',
-    description='plain (d_ff = 4 d) vs gated (d_ff = 8/3 d) FFNs at matched parameters and equal tokens: '
-                'gated units beat their plain counterparts (Shazeer 2020)'))

@@ -33,8 +33,8 @@ GPT2_FFNS = {'gelu_tanh': 'gelu_new', 'gelu': 'gelu', 'relu': 'relu', 'silu': 's
 _COMMON = dict(norm_placement=('pre',), qk_norm=('none',), attn_softcap=(None,), logit_softcap=(None,),
                emb_norm=(False,), scale_embeddings=(False,))
 EXPORT_RULES = {  # target -> field -> allowed values (or a function of the config giving them)
-    'Llama': dict(_COMMON, norm=('rms',), ffn=tuple(LLAMA_FFNS), position=('rope',), bias=(False,), attention=('mha', 'gqa')),
-    'GPT-2': dict(_COMMON, norm=('layer',), ffn=tuple(GPT2_FFNS), position=('learned',), bias=(True,), attention=('mha', 'gqa'),
+    'Llama': dict(_COMMON, norm=('rms',), ffn=tuple(LLAMA_FFNS), position=('rope',), bias=(False,)),
+    'GPT-2': dict(_COMMON, norm=('layer',), ffn=tuple(GPT2_FFNS), position=('learned',), bias=(True,),
                   n_kv_head=lambda cfg: (None, cfg.n_head)),
 }
 
@@ -91,7 +91,7 @@ def config_from_llama(hf_cfg: 'transformers.LlamaConfig', **overrides) -> ModelC
         n_head=hf_cfg.num_attention_heads, d_model=hf_cfg.hidden_size, d_ff=_default_or(hf_cfg.intermediate_size, ffn, hf_cfg.hidden_size),
         norm_placement='pre', norm='rms', ffn=ffn, position='rope', bias=False, dropout=0.0,
         tie_embeddings=bool(hf_cfg.tie_word_embeddings), scale_embeddings=False, norm_eps=hf_cfg.rms_norm_eps,
-        init_std=hf_cfg.initializer_range, attention='gqa', n_kv_head=hf_cfg.num_key_value_heads or hf_cfg.num_attention_heads,
+        init_std=hf_cfg.initializer_range, n_kv_head=hf_cfg.num_key_value_heads or hf_cfg.num_attention_heads,
         rope_base=theta), **overrides})
     check_exportable(cfg, 'Llama')   # overrides may change training fields, not the architecture
     return cfg

@@ -4,8 +4,9 @@
 
 # %% ../nbs/04_baseline.ipynb #5beced5e
 from __future__ import annotations
-import dataclasses, functools, math
+import dataclasses, math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,20 +16,16 @@ from .core import Registry, config_from_dict, count_params, flops_per_token
 from .attention import MultiHeadAttention, ATTENTION_IMPLS
 
 # %% auto #0
-__all__ = ['NORMS', 'FFNS', 'POSITIONS', 'BLOCKS', 'ATTENTIONS', 'QK_NORMS', 'FEATURES', 'CHECKS', 'RESIDUAL_PROJECTIONS',
-           'MODEL_PRESETS', 'ModelConfig', 'validate', 'layer_norm', 'MLP', 'PositionScheme', 'sinusoidal_table',
-           'SinusoidalPositions', 'QKChain', 'no_qk_norm', 'multi_head_attention', 'make_attention', 'PostNormBlock',
-           'to_torch_encoder_layer', 'Transformer', 'init_weights', 'baseline_2017', 'model_flops_per_token',
-           'generate']
+__all__ = ['NORMS', 'FFNS', 'POSITIONS', 'BLOCKS', 'AXES', 'FEATURE_HOOKS', 'FEATURE_FIELDS', 'FEATURES', 'RESIDUAL_PROJECTIONS',
+           'MODEL_PRESETS', 'ModelConfig', 'validate', 'Feature', 'active_features', 'layer_norm', 'MLP',
+           'PositionScheme', 'sinusoidal_table', 'SinusoidalPositions', 'make_attention', 'PostNormBlock',
+           'to_torch_encoder_layer', 'Transformer', 'init_weights', 'baseline_2017', 'model_flops_per_token']
 
 # %% ../nbs/04_baseline.ipynb #1fc96d30
 NORMS = Registry('norm')                # cfg, dim -> normalization module
-FFNS = Registry('ffn')                  # cfg -> feed-forward module
-POSITIONS = Registry('position')        # cfg -> PositionScheme
-BLOCKS = Registry('norm_placement')     # cfg, qk_transform -> block module
-ATTENTIONS = Registry('attention')      # cfg, qk_transform, score_mod -> attention module
-QK_NORMS = Registry('qk_norm')          # cfg -> per-layer q/k transform, or None
-FEATURES = Registry('feature')          # optional numeric features (soft-caps, z-loss): name -> function
+FFNS = Registry('ffn')                  # cfg -> feed-forward module (a class with `default_width(d_model)`)
+POSITIONS = Registry('position')        # cfg -> PositionScheme (a class declaring `relative` and `check(cfg)`)
+BLOCKS = Registry('norm_placement')     # cfg, rotary -> block module (a class declaring `final_norm`)
 
 @dataclass
 class ModelConfig:
@@ -50,19 +47,24 @@ class ModelConfig:
     norm_eps: float = 1e-5         # epsilon inside the norms
     init_std: float = 0.02         # std of linear weights (residual projections are scaled by depth)
     attn_impl: str = 'sdpa'        # 'sdpa' (fused) or 'naive' (from scratch)
-    attention: str = 'mha'         # the attention module; notebook 12 adds 'gqa' (grouped-query, KV cache)
-    n_kv_head: int | None = None   # key/value heads for grouped-query attention; None = n_head
-    qk_norm: str = 'none'          # normalize queries and keys per head (notebook 13)
+    # -- knobs of later notebooks, all off in 2017 --
+    emb_norm: bool = False         # a norm right after the embedding block (notebook 11)
+    rope_base: float = 10_000.0    # base of the rotary frequencies (notebook 11)
+    n_kv_head: int | None = None   # key/value heads: None = n_head (multi-head); fewer = grouped-query (notebook 12)
+    qk_norm: str = 'none'          # 'none' or a norm (a NORMS name) of each head's queries and keys (notebook 13)
     attn_softcap: float | None = None   # tanh soft-cap on attention scores (notebook 13)
     logit_softcap: float | None = None  # tanh soft-cap on output logits (notebook 13)
     z_loss: float = 0.0            # weight of the z-loss (log Z)^2 on the output logits (notebook 13)
-    emb_norm: bool = False         # a norm right after the embedding block (notebook 11)
-    rope_base: float = 10_000.0    # base of the rotary frequencies (notebook 11)
 
     def __post_init__(self): validate(self)
     def to_dict(self) -> dict: return dataclasses.asdict(self)
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig: return config_from_dict(cls, d)
+    def from_dict(cls, d: dict) -> ModelConfig: return config_from_dict(cls, _upgrade_config(d))
+    @classmethod
+    def preset(cls, name: str, # a name in MODEL_PRESETS: 'baseline_2017', 'gpt2', 'modern', ...
+               **overrides) -> ModelConfig:
+        "The config of the model preset `name`, with `overrides` on top."
+        return MODEL_PRESETS[name](**overrides)
     def replace(self, **changes) -> ModelConfig: return dataclasses.replace(self, **changes)
     @property
     def head_dim(self) -> int: return self.d_model // self.n_head
@@ -71,11 +73,22 @@ class ModelConfig:
     @property
     def ffn_width(self) -> int: return self.d_ff if self.d_ff is not None else FFNS[self.ffn].default_width(self.d_model)
 
+def _upgrade_config(d: dict) -> dict:
+    "Read configs saved by tinylm 0.1, which had an `attention` field ('mha' or 'gqa') that n_kv_head now implies."
+    if 'attention' not in d: return d
+    d = dict(d); a = d.pop('attention')
+    if a not in ('mha', 'gqa'):
+        raise ValueError(f"ModelConfig: a saved config has attention={a!r}; tinylm 0.1 knew only 'mha' and 'gqa', and "
+                         'now the number of key/value heads (n_kv_head) alone says which attention a model has')
+    return d
+
 # %% ../nbs/04_baseline.ipynb #aee2c61d
 def _positive_int(cfg, name):
     v = getattr(cfg, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f'ModelConfig.{name}={v!r} must be a positive integer')
+
+AXES = {'norm_placement': BLOCKS, 'norm': NORMS, 'ffn': FFNS, 'position': POSITIONS}  # field -> its registry
 
 def validate(cfg: ModelConfig) -> None:
     "Check every field of `cfg`; raise a `ValueError` naming the field, the value and what is allowed."
@@ -83,17 +96,13 @@ def validate(cfg: ModelConfig) -> None:
     if cfg.d_ff is not None: _positive_int(cfg, 'd_ff')
     if cfg.d_model % cfg.n_head:
         raise ValueError(f'ModelConfig.n_head={cfg.n_head} must divide d_model={cfg.d_model}')
-    for reg, name in ((BLOCKS, 'norm_placement'), (NORMS, 'norm'), (FFNS, 'ffn'), (POSITIONS, 'position'),
-                      (ATTENTIONS, 'attention'), (QK_NORMS, 'qk_norm')):
-        reg.check(getattr(cfg, name), f'ModelConfig.{name}')
     if cfg.n_kv_head is not None:
         _positive_int(cfg, 'n_kv_head')
         if cfg.n_head % cfg.n_kv_head:
             raise ValueError(f'ModelConfig.n_kv_head={cfg.n_kv_head} must divide n_head={cfg.n_head}')
-        if cfg.n_kv_head != cfg.n_head and not getattr(ATTENTIONS[cfg.attention], 'grouped', False):
-            raise ValueError(f'ModelConfig.n_kv_head={cfg.n_kv_head} needs grouped-query attention, but '
-                             f'attention={cfg.attention!r} has n_head={cfg.n_head} key/value heads; use attention=\'gqa\' (notebook 12)')
-    _check_features(cfg)
+    if cfg.qk_norm != 'none':
+        if not isinstance(cfg.qk_norm, str) or cfg.qk_norm not in NORMS:
+            raise ValueError(f"ModelConfig.qk_norm={cfg.qk_norm!r} is not allowed; allowed: 'none' or a norm: {', '.join(map(repr, NORMS))}")
     if cfg.attn_impl not in ATTENTION_IMPLS:
         raise ValueError(f"ModelConfig.attn_impl={cfg.attn_impl!r} is not allowed; allowed: {', '.join(map(repr, ATTENTION_IMPLS))}")
     if not 0 <= cfg.dropout < 1: raise ValueError(f'ModelConfig.dropout={cfg.dropout!r} must be in [0, 1)')
@@ -102,13 +111,28 @@ def validate(cfg: ModelConfig) -> None:
     if not cfg.rope_base > 1: raise ValueError(f'ModelConfig.rope_base={cfg.rope_base!r} must be > 1')
     for name in ('bias', 'tie_embeddings', 'scale_embeddings', 'emb_norm'):
         if not isinstance(getattr(cfg, name), bool): raise ValueError(f'ModelConfig.{name}={getattr(cfg, name)!r} must be True or False')
-    for check in CHECKS: check(cfg)
+    _check_features(cfg)
+    for name, reg in AXES.items():   # each chosen entry checks its own constraints (RoPE: an even head_dim, ...)
+        entry = reg[reg.check(getattr(cfg, name), f'ModelConfig.{name}')]
+        if hasattr(entry, 'check'): entry.check(cfg)
 
-CHECKS: list = []  # extra cross-field checks that later notebooks append (e.g. RoPE needs an even head_dim)
+# %% ../nbs/04_baseline.ipynb #a9f68884
+FEATURE_HOOKS = ('scores', 'logits', 'loss')
+FEATURE_FIELDS = {'attn_softcap': None, 'logit_softcap': None, 'z_loss': 0.0}  # numeric fields that switch a feature on, and their "off"
+
+@dataclass(frozen=True)
+class Feature:
+    "An optional numeric change to the model: `fn(x, value)` on the attention scores or the output logits, or an auxiliary loss."
+    hook: str        # 'scores' | 'logits': fn(x, value) -> x;  'loss': fn(logits, targets) -> scalar, weighted by value
+    fn: Callable
+    def __post_init__(self):
+        if self.hook not in FEATURE_HOOKS: raise ValueError(f'Feature.hook={self.hook!r} is not one of {FEATURE_HOOKS}')
+
+FEATURES = Registry('feature')  # ModelConfig field name -> Feature (notebook 13 registers the soft-caps and the z-loss)
 
 def _check_features(cfg: ModelConfig) -> None:
     "Soft-caps must be positive and z_loss >= 0; a feature that is switched on must be registered in FEATURES."
-    for name, off in (('attn_softcap', None), ('logit_softcap', None), ('z_loss', 0.0)):
+    for name, off in FEATURE_FIELDS.items():
         v = getattr(cfg, name)
         if v == off: continue
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 or (v == 0 and off is None):
@@ -116,6 +140,11 @@ def _check_features(cfg: ModelConfig) -> None:
         if name not in FEATURES:
             raise ValueError(f'ModelConfig.{name}={v!r} needs the {name!r} feature, which notebook 13 registers '
                              f'(tinylm.stability); `import tinylm` loads every feature')
+
+def active_features(cfg: ModelConfig, hook: str) -> list[tuple[Callable, float]]:
+    "(fn, value) of every feature acting at `hook` that `cfg` switches on."
+    return [(FEATURES[name].fn, getattr(cfg, name)) for name, off in FEATURE_FIELDS.items()
+            if getattr(cfg, name) != off and FEATURES[name].hook == hook]
 
 # %% ../nbs/04_baseline.ipynb #81c62e83
 @NORMS.register('layer')
@@ -141,9 +170,14 @@ FFNS.register('relu')(MLP)
 # %% ../nbs/04_baseline.ipynb #736eaf5f
 class PositionScheme(nn.Module):
     "Base positional scheme: adds nothing to the embeddings and leaves queries and keys alone."
+    relative = True   # whether the model sees only relative positions, so it can run past block_size (notebook 04a)
     def __init__(self, cfg: ModelConfig): super().__init__()
-    def embed(self, x: Tensor, pos: Tensor) -> Tensor: return x   # x: (B, T, d), pos: (T,)
-    def qk_transform(self) -> nn.Module | None: return None
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> None: "Raise a `ValueError` if `cfg` does not suit this scheme (default: anything goes)."
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor: return x   # x: (B, T, d), pos: (T,) or (B, T)
+    def rotary(self) -> nn.Module | None:
+        "The (q, k, pos) -> (q, k) transform every attention layer applies (RoPE, notebook 11), or None."
+        return None
 
 def sinusoidal_table(n_pos: int, dim: int, base: float = 10_000.0) -> Tensor:
     "The (n_pos, dim) sinusoid table of Vaswani et al.: sin on even dims, cos on odd ones."
@@ -156,45 +190,33 @@ def sinusoidal_table(n_pos: int, dim: int, base: float = 10_000.0) -> Tensor:
 @POSITIONS.register('sinusoidal')
 class SinusoidalPositions(PositionScheme):
     "Fixed sinusoidal positions added to the embeddings."
+    relative = False  # a table of absolute positions 0 .. block_size - 1
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.register_buffer('table', sinusoidal_table(cfg.block_size, cfg.d_model), persistent=False)
     def embed(self, x: Tensor, pos: Tensor) -> Tensor: return x + self.table[pos].to(x.dtype)
 
 # %% ../nbs/04_baseline.ipynb #dca99cae
-class QKChain(nn.Module):
-    "Apply q/k transforms `(q, k, pos) -> (q, k)` in order; the identity when there are none."
-    def __init__(self, *fns: nn.Module | None):
-        super().__init__()
-        self.fns = nn.ModuleList(f for f in fns if f is not None)
-    def forward(self, q: Tensor, k: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        for f in self.fns: q, k = f(q, k, pos)
-        return q, k
+def make_attention(cfg: ModelConfig, rotary: nn.Module | None = None) -> MultiHeadAttention:
+    "The attention sub-layer of one block, every slot filled from `cfg`; `rotary` is the position scheme's q/k rotation."
+    norm = (lambda: NORMS[cfg.qk_norm](cfg, cfg.head_dim)) if cfg.qk_norm != 'none' else (lambda: None)
+    mods = active_features(cfg, 'scores')
+    score_mod = (lambda s: _apply(mods, s)) if mods else None
+    return MultiHeadAttention(cfg.d_model, cfg.n_head, n_kv_head=cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout,
+                              impl=cfg.attn_impl, rotary=rotary, q_norm=norm(), k_norm=norm(), score_mod=score_mod)
 
-@QK_NORMS.register('none')
-def no_qk_norm(cfg: ModelConfig) -> None:
-    "No normalization of queries and keys (2017)."
-    return None
-
-@ATTENTIONS.register('mha')
-def multi_head_attention(cfg: ModelConfig, qk_transform: nn.Module, score_mod=None) -> MultiHeadAttention:
-    "Notebook 03's multi-head attention: n_head query, key and value heads."
-    return MultiHeadAttention(cfg.d_model, cfg.n_head, cfg.bias, cfg.dropout, cfg.attn_impl, qk_transform, score_mod)
-
-def make_attention(cfg: ModelConfig, pos_qk: nn.Module | None = None) -> nn.Module:
-    "The attention sub-layer of one block: `cfg.attention` with its QK-norm, the position q/k transform and the score soft-cap."
-    qk = QKChain(QK_NORMS[cfg.qk_norm](cfg), pos_qk)
-    score_mod = functools.partial(FEATURES['attn_softcap'], cap=cfg.attn_softcap) if cfg.attn_softcap else None
-    return ATTENTIONS[cfg.attention](cfg, qk, score_mod)
+def _apply(mods: list[tuple[Callable, float]], x: Tensor) -> Tensor:
+    for fn, value in mods: x = fn(x, value)
+    return x
 
 # %% ../nbs/04_baseline.ipynb #26b2b02e
 @BLOCKS.register('post')
 class PostNormBlock(nn.Module):
     "x = norm(x + attn(x)); x = norm(x + ffn(x)) (Vaswani et al. 2017)."
     final_norm = False  # the output of the last block is already normalized
-    def __init__(self, cfg: ModelConfig, qk_transform: nn.Module | None = None):
+    def __init__(self, cfg: ModelConfig, rotary: nn.Module | None = None):
         super().__init__()
-        self.attn = make_attention(cfg, qk_transform)
+        self.attn = make_attention(cfg, rotary)
         self.ffn = FFNS[cfg.ffn](cfg)
         self.norm1, self.norm2 = NORMS[cfg.norm](cfg, cfg.d_model), NORMS[cfg.norm](cfg, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -230,12 +252,13 @@ class Transformer(nn.Module):
         self.pos = POSITIONS[cfg.position](cfg)
         self.emb_norm = NORMS[cfg.norm](cfg, cfg.d_model) if cfg.emb_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
-        block_cls, qk = BLOCKS[cfg.norm_placement], self.pos.qk_transform()
-        self.blocks = nn.ModuleList(block_cls(cfg, qk) for _ in range(cfg.n_layer))
+        block_cls, rotary = BLOCKS[cfg.norm_placement], self.pos.rotary()
+        self.blocks = nn.ModuleList(block_cls(cfg, rotary) for _ in range(cfg.n_layer))
         self.norm_f = NORMS[cfg.norm](cfg, cfg.d_model) if block_cls.final_norm else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings: self.lm_head.weight = self.tok_emb.weight
-        self.init_weights()
+        self.logit_mods, self.aux_losses = active_features(cfg, 'logits'), active_features(cfg, 'loss')
+        init_weights(self)
 
     def hidden_states(self, idx: Tensor, # (B, T) token ids
                       key_padding: Tensor | None = None, # (B, S) True for real keys (S = cached + T)
@@ -261,14 +284,14 @@ class Transformer(nn.Module):
                 cache=None, # KV cache, see `hidden_states`
                ):
         "Logits (B, T, vocab); with `targets`, `(logits, loss)`."
-        logits = self.lm_head(self.hidden_states(idx, key_padding, pos, cache))   # (B, T, V)
-        if self.cfg.logit_softcap: logits = FEATURES['logit_softcap'](logits, self.cfg.logit_softcap)
+        logits = _apply(self.logit_mods, self.lm_head(self.hidden_states(idx, key_padding, pos, cache)))  # (B, T, V)
         return logits if targets is None else (logits, self.loss(logits, targets))
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        "Mean next-token cross-entropy in float32 (targets of -1 ignored), plus the z-loss when training."
+        "Mean next-token cross-entropy in float32 (targets of -1 ignored), plus any auxiliary loss when training."
         ce = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        if self.cfg.z_loss and self.training: ce = ce + self.cfg.z_loss * FEATURES['z_loss'](logits, targets)
+        if self.training:
+            for fn, weight in self.aux_losses: ce = ce + weight * fn(logits, targets)
         return ce
 
 # %% ../nbs/04_baseline.ipynb #2ab7e6be
@@ -288,8 +311,6 @@ def init_weights(model: Transformer) -> None:
         elif hasattr(m, 'reset_parameters') and m is not model and not list(m.children()):
             m.reset_parameters()  # norms: gain 1, shift 0
 
-Transformer.init_weights = init_weights
-
 # %% ../nbs/04_baseline.ipynb #5d5e0359
 MODEL_PRESETS = Registry('model preset')
 
@@ -302,25 +323,3 @@ def model_flops_per_token(cfg: ModelConfig, n_ctx: int | None = None) -> int:
     "Training FLOPs per token of a model with config `cfg` at context `n_ctx` (default block_size)."
     n = count_params(Transformer(cfg.replace(vocab_size=1, tie_embeddings=False)).to('meta'))['non_embedding'] - cfg.d_model
     return flops_per_token(n + cfg.vocab_size * cfg.d_model, cfg.n_layer, n_ctx or cfg.block_size, cfg.d_model)
-
-# %% ../nbs/04_baseline.ipynb #5c3ffeff
-@torch.no_grad()
-def generate(model: Transformer, idx: Tensor, # (B, T) prompt token ids
-             max_new_tokens: int, temperature: float = 1.0, # 0 = greedy
-             top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-    "Sample `max_new_tokens` tokens after `idx`, returning (B, T + max_new_tokens) ids."
-    if temperature < 0: raise ValueError(f'temperature={temperature} must be >= 0 (0 = greedy)')
-    if top_k is not None and top_k < 1: raise ValueError(f'top_k={top_k} must be a positive integer or None')
-    was_training = model.training; model.eval()
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -model.cfg.block_size:])[:, -1, :].float()   # (B, V)
-        if temperature == 0: nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float('-inf'))
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-        idx = torch.cat([idx, nxt], dim=1)
-    model.train(was_training)
-    return idx

@@ -10,22 +10,20 @@ from torch import nn, Tensor
 
 from .core import count_params
 from .model import BLOCKS, FFNS, NORMS, MODEL_PRESETS, ModelConfig, Transformer, baseline_2017, make_attention
-from .experiments import Experiment, register_experiment
 
 # %% auto #0
-__all__ = ['GPT2_FIELDS', 'MODERN_FIELDS', 'MATCH_FIELDS', 'modern_matched', 'MODERN_EXPERIMENT', 'BLOCKS_EXPERIMENT',
-           'TIED_EXPERIMENT', 'ParallelBlock', 'gpt2', 'modern_kv_heads', 'modern_recipe', 'param_counts',
-           'ffn_width_to_match', 'param_matched']
+__all__ = ['GPT2_FIELDS', 'MODERN_FIELDS', 'MATCH_FIELDS', 'modern_matched', 'ParallelBlock', 'gpt2', 'modern_kv_heads',
+           'modern_recipe', 'param_counts', 'ffn_width_to_match', 'param_matched']
 
 # %% ../nbs/14_modern.ipynb #15aff8c6
 @BLOCKS.register('parallel')
 class ParallelBlock(nn.Module):
     "x = x + attn(norm(x)) + ffn(norm(x)): both branches read one shared norm (GPT-J, PaLM)."
     final_norm = True  # the residual stream is never normalized inside the block, so the model ends with a norm
-    def __init__(self, cfg: ModelConfig, qk_transform: nn.Module | None = None):
+    def __init__(self, cfg: ModelConfig, rotary: nn.Module | None = None):
         super().__init__()
         self.norm1 = NORMS[cfg.norm](cfg, cfg.d_model)
-        self.attn = make_attention(cfg, qk_transform)
+        self.attn = make_attention(cfg, rotary)
         self.ffn = FFNS[cfg.ffn](cfg)
         self.drop = nn.Dropout(cfg.dropout)
     def forward(self, x: Tensor, # (B, T, d_model)
@@ -85,19 +83,3 @@ def param_matched(preset: str, # the model preset whose d_ff is chosen
     return matched
 
 modern_matched = MODEL_PRESETS.register('modern_matched')(param_matched('modern'))
-
-# %% ../nbs/14_modern.ipynb #a84a7e3d
-MODERN_EXPERIMENT = register_experiment(Experiment(
-    '14_modern', {'baseline_2017': {}, 'gpt2': {'preset': 'gpt2'}, 'modern': {'preset': 'modern_matched'}},
-    description='baseline_2017 vs GPT-2 vs the modern recipe at equal non-embedding parameters and tokens (all dropout 0, untied)',
-    notebook='14_modern'))
-
-BLOCKS_EXPERIMENT = register_experiment(Experiment(
-    '14_blocks', {'serial': {'preset': 'modern'}, 'parallel': {'preset': 'modern', 'norm_placement': 'parallel'}},
-    description='serial vs parallel (GPT-J/PaLM) blocks in the modern preset at equal tokens',
-    notebook='14_modern'))
-
-TIED_EXPERIMENT = register_experiment(Experiment(
-    '14_tied', {'untied': {'preset': 'modern'}, 'tied': {'preset': 'modern', 'tie_embeddings': True}},
-    description='untied vs tied input/output embeddings in the modern preset (unscaled embeddings) at equal tokens',
-    notebook='14_modern'))

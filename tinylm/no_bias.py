@@ -5,45 +5,13 @@
 # %% ../nbs/09_no_bias.ipynb #f5bbbc51
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from .model import MODEL_PRESETS, ModelConfig, Transformer, baseline_2017
-from .experiments import EXPERIMENT_BASE, Experiment, combine, grid, register_experiment
+from .model import MODEL_PRESETS, ModelConfig, baseline_2017
 
 # %% auto #0
-__all__ = ['BIAS_VARIANTS', 'NO_BIAS_EXPERIMENT', 'NO_BIAS_LR_EXPERIMENT', 'no_bias_2017', 'bias_breakdown', 'bias_params']
+__all__ = ['no_bias_2017']
 
 # %% ../nbs/09_no_bias.ipynb #60377074
 @MODEL_PRESETS.register('no_bias')
 def no_bias_2017(**overrides) -> ModelConfig:
     "`baseline_2017` without biases: bias-free linears and LayerNorms without a shift."
     return baseline_2017(**{'bias': False, **overrides})
-
-# %% ../nbs/09_no_bias.ipynb #cdc11c4a
-def bias_breakdown(cfg: ModelConfig) -> dict[str, int]:
-    "Bias parameters of the model `cfg` describes, by the module that holds them ('q_proj', 'up_proj', 'norm1', ...)."
-    with torch.device('meta'): model = Transformer(cfg)   # shapes only, no memory
-    out = {}
-    for name, p in model.named_parameters():
-        if name.endswith('.bias'):
-            role = name.split('.')[-2]
-            out[role] = out.get(role, 0) + p.numel()
-    return out
-
-def bias_params(cfg: ModelConfig) -> int:
-    "How many parameters the biases (linear biases and norm shifts) of `cfg` cost."
-    return sum(bias_breakdown(cfg).values())
-
-# %% ../nbs/09_no_bias.ipynb #b968d910
-BIAS_VARIANTS = {'bias': {'bias': True}, 'no bias': {'bias': False}}
-
-NO_BIAS_EXPERIMENT = register_experiment(Experiment(
-    '09_no_bias', BIAS_VARIANTS, notebook='09_no_bias',
-    description='biases everywhere vs none (linears and LayerNorm shifts) at equal tokens: same loss, fewer parameters (PaLM, LLaMA, cramming)'))
-
-# %% ../nbs/09_no_bias.ipynb #df27b803
-NO_BIAS_LR_EXPERIMENT = register_experiment(Experiment(
-    '09_no_bias_lr', combine(BIAS_VARIANTS, grid(lr=[1e-2, 3e-2, 1e-1])), notebook='09_no_bias',
-    base={**EXPERIMENT_BASE, 'warmup_steps': 0}, scales={'cpu': {'seeds': (0,)}},
-    description='bias vs no bias at high learning rates without warmup, one seed: is the bias-free model more stable (PaLM)?'))

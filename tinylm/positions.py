@@ -4,26 +4,17 @@
 
 # %% ../nbs/11_positions.ipynb #405c0743
 from __future__ import annotations
-import copy, math, statistics
+import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .core import autocast
-from .model import (CHECKS, MODEL_PRESETS, POSITIONS, ModelConfig, PositionScheme, SinusoidalPositions,
-                          Transformer, baseline_2017, sinusoidal_table)
-from .attention import MultiHeadAttention
-from .training import evaluate
-from .experiments import Experiment, register_experiment, summarize, describe, _axis, _title, _runs_by_variant
+from .model import MODEL_PRESETS, POSITIONS, ModelConfig, PositionScheme, SinusoidalPositions, baseline_2017, sinusoidal_table
 
 # %% auto #0
-__all__ = ['POSITION_VARIANTS', 'POSITIONS_EXPERIMENT', 'GAIN_EXPERIMENT', 'embedding_multiplier', 'embedding_std',
-           'LearnedPositions', 'ScaledSinusoidalPositions', 'rope_frequencies', 'rope_cos_sin', 'rotate_half',
-           'apply_rope', 'RotaryQK', 'RoPE', 'rope_pair_permutation', 'rope_interleaved_to_halves',
-           'rope_halves_to_interleaved', 'check_rope_head_dim', 'NoPositions', 'rope_2017', 'position_losses',
-           'context_losses', 'extrapolation_probes', 'with_final_probes', 'print_extrapolation', 'position_profile',
-           'plot_position_profile', 'positional_amplitude']
+__all__ = ['embedding_multiplier', 'embedding_std', 'LearnedPositions', 'ScaledSinusoidalPositions', 'rope_frequencies',
+           'rope_cos_sin', 'rotate_half', 'apply_rope', 'RotaryQK', 'RoPE', 'rope_pair_permutation',
+           'rope_interleaved_to_halves', 'rope_halves_to_interleaved', 'NoPositions', 'rope_2017']
 
 # %% ../nbs/11_positions.ipynb #c7eb3b8f
 def embedding_multiplier(cfg: ModelConfig) -> float:
@@ -37,6 +28,7 @@ def embedding_std(cfg: ModelConfig) -> float:
 @POSITIONS.register('learned')
 class LearnedPositions(PositionScheme):
     "A learned vector per absolute position (GPT-2, BERT), initialized and scaled exactly like the token embedding."
+    relative = False
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.emb = nn.Embedding(cfg.block_size, cfg.d_model)   # (block_size, d); positions >= block_size do not exist
@@ -100,10 +92,17 @@ class RotaryQK(nn.Module):
 @POSITIONS.register('rope')
 class RoPE(PositionScheme):
     "Rotary position embedding (Su et al. 2021): nothing added to the embeddings; q and k rotated in every block."
+    relative = True   # scores depend on offsets only: generation can roll past block_size
+    @classmethod
+    def check(cls, cfg: ModelConfig) -> None:
+        "RoPE rotates pairs of coordinates: it needs an even head_dim = d_model / n_head."
+        if cfg.head_dim % 2:
+            raise ValueError(f"ModelConfig.position='rope' needs an even head_dim (d_model / n_head), but d_model={cfg.d_model} / "
+                             f"n_head={cfg.n_head} gives head_dim={cfg.head_dim}; change d_model or n_head")
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.rotary = RotaryQK(cfg.head_dim, cfg.rope_base)
-    def qk_transform(self) -> nn.Module: return self.rotary
+        self.rope = RotaryQK(cfg.head_dim, cfg.rope_base)
+    def rotary(self) -> nn.Module: return self.rope
 
 # %% ../nbs/11_positions.ipynb #5b1d446f
 def rope_pair_permutation(head_dim: int) -> Tensor:
@@ -122,19 +121,6 @@ def rope_halves_to_interleaved(w: Tensor, n_head: int) -> Tensor:
     hd = w.size(0) // n_head
     return w.reshape(n_head, hd, *w.shape[1:])[:, torch.argsort(rope_pair_permutation(hd))].reshape(w.shape)
 
-# %% ../nbs/11_positions.ipynb #53659498
-def check_rope_head_dim(cfg: ModelConfig) -> None:
-    "RoPE rotates pairs of coordinates: `position='rope'` needs an even head_dim = d_model / n_head."
-    if cfg.position == 'rope' and cfg.head_dim % 2:
-        raise ValueError(f"ModelConfig.position='rope' needs an even head_dim (d_model / n_head), but d_model={cfg.d_model} / "
-                         f"n_head={cfg.n_head} gives head_dim={cfg.head_dim}; change d_model or n_head")
-
-def _add_check(fn) -> None:
-    "Append `fn` to the model's CHECKS once (re-running a notebook or re-importing must not add it twice)."
-    CHECKS[:] = [c for c in CHECKS if getattr(c, '__qualname__', None) != fn.__qualname__] + [fn]
-
-_add_check(check_rope_head_dim)
-
 # %% ../nbs/11_positions.ipynb #e7d0c3d6
 @POSITIONS.register('none')
 class NoPositions(PositionScheme):
@@ -145,117 +131,3 @@ class NoPositions(PositionScheme):
 def rope_2017(**overrides) -> ModelConfig:
     "`baseline_2017` with rotary positions (RoPE) instead of sinusoids."
     return baseline_2017(**{'position': 'rope', **overrides})
-
-# %% ../nbs/11_positions.ipynb #0ae1f3b9
-@torch.no_grad()
-def position_losses(model: Transformer, data, split: str = 'val', iters: int = 10, batch_size: int = 16,
-                    block_size: int | None = None, # window length (default: the model's block_size)
-                    device: str | torch.device = 'cpu', dtype: torch.dtype | None = None,
-                    seed: int = 0, # fixes the batches, as in `evaluate`
-                   ) -> Tensor:
-    "Mean next-token loss at each position 0..block_size-1 over `iters` fixed batches of `split`, float64 (block_size,)."
-    block_size = block_size or model.cfg.block_size
-    gen, total = torch.Generator().manual_seed(seed), torch.zeros(block_size, dtype=torch.float64)
-    was_training = model.training; model.eval()
-    for _ in range(iters):
-        x, y = data.get_batch(split, batch_size, block_size, generator=gen, device=device)
-        with autocast(device, dtype): logits = model(x)                        # (B, T, V)
-        ce = F.cross_entropy(logits.float().transpose(1, 2), y, reduction='none')  # (B, T)
-        total += ce.mean(0).double().cpu()
-    model.train(was_training)
-    return total / iters
-
-# %% ../nbs/11_positions.ipynb #49b59926
-def context_losses(trainer, factor: int = 2) -> Tensor:
-    "Per-position validation loss of `trainer`'s model at `factor` times its training context, once per step."
-    cached = getattr(trainer, '_context_losses', None)
-    if cached is not None and cached[0] == trainer.step: return cached[1]
-    T = factor * trainer.block_size
-    if T > trainer.model.cfg.block_size:
-        raise ValueError(f'evaluating at {factor}x the training context ({T} tokens) needs ModelConfig.block_size >= {T}, '
-                         f'got {trainer.model.cfg.block_size}; build the model with a larger block_size and train with TrainConfig.block_size')
-    losses = position_losses(trainer.model, trainer.data, 'val', trainer.cfg.eval_iters, trainer.cfg.batch_size, T,
-                             trainer.device, trainer.dtype, seed=trainer.cfg.seed + 1)
-    trainer._context_losses = (trainer.step, losses)
-    return losses
-
-def extrapolation_probes(n_bins: int = 8) -> dict:
-    "Probes: loss at 2x the training context overall ('val_loss_2x'), on the unseen half ('val_loss_far'), per bin ('pos_loss_i')."
-    def bin_probe(i): return lambda tr: context_losses(tr).chunk(n_bins)[i].mean().item()
-    def far(tr): l = context_losses(tr); return l[len(l) // 2:].mean().item()
-    return {'val_loss_2x': lambda tr: context_losses(tr).mean().item(), 'val_loss_far': far,
-            **{f'pos_loss_{i}': bin_probe(i) for i in range(n_bins)}}
-
-# %% ../nbs/11_positions.ipynb #e144fcc7
-_RECORD_KEYS = frozenset({'step', 'tokens', 'val_loss', 'elapsed_s'})
-
-def with_final_probes(result: dict) -> dict:
-    "A copy of `result` whose runs' `final` also holds the last recorded value of every probe."
-    res = copy.deepcopy(result)
-    for run in res['runs'].values():
-        for rec in run['curves']:
-            if 'val_loss' in rec: run['final'].update({k: v for k, v in rec.items() if k not in _RECORD_KEYS})
-    return res
-
-def print_extrapolation(result: dict) -> None:
-    "One line per variant: final validation loss at 1x and 2x the training context and on the unseen positions, mean ± sd over seeds."
-    res = with_final_probes(result)
-    rows = {m: summarize(res, m) for m in ('val_loss', 'val_loss_2x', 'val_loss_far')}
-    print(describe(result))
-    print(f"{'variant':<24} {'val 1x':>16} {'val 2x':>16} {'unseen half':>16} {'seeds':>5}")
-    fmt = lambda r: f"{r['mean']:.4f} ± {r['sd']:.4f}" if r['mean'] is not None else 'n/a'
-    for v in sorted(rows['val_loss'], key=lambda v: rows['val_loss'][v]['mean'] or math.inf):
-        print(f"{v:<24} {fmt(rows['val_loss'][v]):>16} {fmt(rows['val_loss_2x'][v]):>16} "
-              f"{fmt(rows['val_loss_far'][v]):>16} {rows['val_loss'][v]['seeds']:>5}")
-
-def position_profile(result: dict) -> dict[str, list[float]]:
-    "Per variant: the seed mean of the final loss in each bin of positions ('pos_loss_0', 'pos_loss_1', ...)."
-    out = {}
-    for v, runs in _runs_by_variant(with_final_probes(result)).items():
-        bins = sorted((k for k in runs[0]['final'] if k.startswith('pos_loss_')), key=lambda k: int(k.rsplit('_', 1)[1]))
-        if bins: out[v] = [statistics.fmean(r['final'][b] for r in runs) for b in bins]
-    return out
-
-def plot_position_profile(result: dict, variants: list[str] | None = None, ax=None, ylim: tuple | None = None):
-    "Final validation loss per bin of positions (seed mean, band = min..max seed), up to 2x the training context."
-    ax, T = _axis(ax), None
-    for v, runs in _runs_by_variant(with_final_probes(result), variants).items():
-        bins = sorted((k for k in runs[0]['final'] if k.startswith('pos_loss_')), key=lambda k: int(k.rsplit('_', 1)[1]))
-        if not bins: continue
-        T = runs[0]['train_config']['block_size'] or runs[0]['model_config']['block_size']
-        xs = [(i + 0.5) * 2 * T / len(bins) for i in range(len(bins))]
-        ys = [[r['final'][b] for r in runs] for b in bins]
-        line, = ax.plot(xs, [statistics.fmean(y) for y in ys], 'o-', ms=3, label=v)
-        if len(runs) > 1: ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2)
-    if ylim: ax.set_ylim(*ylim)
-    if T: ax.axvline(T, color='gray', ls='--', lw=1); ax.text(T, ax.get_ylim()[1], ' training context', va='top', fontsize=7, color='gray')
-    ax.set_xlabel('position in the window (tokens)'); ax.set_ylabel('final val loss (nats/token)')
-    ax.set_title(_title(result, 'loss by position, evaluated at 2x the training context'), fontsize=9)
-    ax.legend(fontsize=7); ax.grid(alpha=0.3)
-    return ax
-
-# %% ../nbs/11_positions.ipynb #ed74c11f
-POSITION_VARIANTS = {name: {'position': name} for name in ('sinusoidal', 'learned', 'scaled_sinusoidal', 'rope', 'none')}
-
-POSITIONS_EXPERIMENT = register_experiment(Experiment(
-    '11_positions', {**POSITION_VARIANTS, 'sinusoidal + emb_norm': {'position': 'sinusoidal', 'emb_norm': True}},
-    description='position schemes at equal tokens, validation loss at 1x and 2x the training context: RoPE wins '
-                '(Su et al. 2021); scaled sinusoidal beats learned (Geiping & Goldstein 2022); NoPE works (Haviv et al. 2022)',
-    scales={'tiny': {'model.block_size': 64, 'train.block_size': 32},        # models built for 2x the training context
-            'cpu': {'model.block_size': 256, 'train.block_size': 128},
-            'gpu': {'model.block_size': 1024, 'train.block_size': 512}},
-    probes=extrapolation_probes(), notebook='11_positions'))
-
-# %% ../nbs/11_positions.ipynb #9893e715
-def positional_amplitude(trainer) -> float:
-    "The scaled sinusoid's effective amplitude `mult * gain` (1.0 = the plain sinusoid when `scale_embeddings`)."
-    pos = trainer.model.pos
-    return (pos.mult * pos.gain).item()
-
-GAIN_EXPERIMENT = register_experiment(Experiment(
-    '11_positions_gain', {'scaled_sinusoidal': {'position': 'scaled_sinusoidal'}},
-    description='the learned amplitude of the scaled sinusoid during training (a rerun of 11_positions, scaled_sinusoidal seed 0)',
-    scales={'tiny': {'model.block_size': 64, 'train.block_size': 32},
-            'cpu': {'model.block_size': 256, 'train.block_size': 128, 'seeds': (0,)},
-            'gpu': {'model.block_size': 1024, 'train.block_size': 512, 'seeds': (0,)}},
-    probes={'pos_amplitude': positional_amplitude}, notebook='11_positions'))

@@ -10,11 +10,9 @@ from torch import nn, Tensor
 
 from .model import BLOCKS, FFNS, MODEL_PRESETS, NORMS, ModelConfig, Transformer, baseline_2017
 from .model import make_attention, to_torch_encoder_layer
-from .experiments import Experiment, combine, grid, register_experiment
 
 # %% auto #0
-__all__ = ['BRANCHES', 'NORM_PLACEMENTS', 'PRENORM_GRID', 'KEY_CELLS', 'PRENORM_SEED1', 'PreNormBlock', 'to_torch_prenorm_layer',
-           'SandwichBlock', 'baseline_prenorm', 'baseline_sandwich', 'grad_norms_per_layer']
+__all__ = ['PreNormBlock', 'to_torch_prenorm_layer', 'SandwichBlock', 'baseline_prenorm', 'baseline_sandwich']
 
 # %% ../nbs/07_prenorm.ipynb #06defda1
 @BLOCKS.register('pre')
@@ -22,11 +20,11 @@ class PreNormBlock(nn.Module):
     "x = x + attn(norm1(x)); x = x + ffn(norm2(x)) (GPT-2; Xiong et al. 2020)."
     final_norm = True  # the residual stream is never normalized, so the model adds a norm before the output layer
     def __init__(self, cfg: ModelConfig, # the model config (norm, ffn, attention, dropout, ...)
-                 qk_transform: nn.Module | None = None, # the position scheme's q/k transform, shared by all blocks
+                 rotary: nn.Module | None = None, # the position scheme's q/k transform, shared by all blocks
                 ):
         super().__init__()
         self.norm1, self.norm2 = NORMS[cfg.norm](cfg, cfg.d_model), NORMS[cfg.norm](cfg, cfg.d_model)
-        self.attn = make_attention(cfg, qk_transform)
+        self.attn = make_attention(cfg, rotary)
         self.ffn = FFNS[cfg.ffn](cfg)
         self.drop = nn.Dropout(cfg.dropout)
     def forward(self, x: Tensor, # (B, T, d_model) residual stream
@@ -46,8 +44,8 @@ def to_torch_prenorm_layer(block: PreNormBlock, cfg: ModelConfig) -> nn.Transfor
 class SandwichBlock(PreNormBlock):
     "x = x + norm1_post(attn(norm1(x))); x = x + norm2_post(ffn(norm2(x))) (CogView; Gemma 2)."
     final_norm = True
-    def __init__(self, cfg: ModelConfig, qk_transform: nn.Module | None = None):
-        super().__init__(cfg, qk_transform)
+    def __init__(self, cfg: ModelConfig, rotary: nn.Module | None = None):
+        super().__init__(cfg, rotary)
         self.norm1_post, self.norm2_post = NORMS[cfg.norm](cfg, cfg.d_model), NORMS[cfg.norm](cfg, cfg.d_model)
     def forward(self, x: Tensor, # (B, T, d_model) residual stream
                 key_padding: Tensor | None = None, pos: Tensor | None = None, cache=None) -> Tensor:
@@ -64,40 +62,3 @@ def baseline_prenorm(**overrides) -> ModelConfig:
 def baseline_sandwich(**overrides) -> ModelConfig:
     "`baseline_2017` with sandwich-norm blocks (a norm before and after each branch) and a final norm."
     return baseline_2017(**{'norm_placement': 'sandwich', **overrides})
-
-# %% ../nbs/07_prenorm.ipynb #df089abf
-BRANCHES = ('attn', 'ffn')  # the two residual branches of every block
-
-def _branch_matrices(block: nn.Module, branch: str) -> list[nn.Parameter]:
-    return [p for p in getattr(block, branch).parameters() if p.ndim >= 2]
-
-def grad_norms_per_layer(model: Transformer, x: Tensor, # (B, T) token ids, or (N, B, T): N batches to average over
-                         y: Tensor, # targets, same shape as x
-                        ) -> dict[str, list[float]]:
-    "Per block: the gradient norm of its attention matrices, its FFN matrices and both ('block'), averaged over batches."
-    if x.ndim == 2: x, y = x[None], y[None]
-    dev = next(model.parameters()).device
-    groups = [_branch_matrices(b, br) for b in model.blocks for br in BRANCHES]   # 2L groups: attn0, ffn0, attn1, ...
-    params = [p for g in groups for p in g]
-    sq = torch.zeros(len(x), len(groups))                                         # (N, 2L) squared norms
-    for i, (xb, yb) in enumerate(zip(x, y)):
-        with torch.enable_grad(): grads = iter(torch.autograd.grad(model(xb.to(dev), yb.to(dev))[1], params))
-        sq[i] = torch.stack([sum(next(grads).float().pow(2).sum() for _ in g).cpu() for g in groups])
-    sq = sq.view(len(x), -1, len(BRANCHES))                                       # (N, L, 2)
-    out = {br: sq[..., j].sqrt().mean(0).tolist() for j, br in enumerate(BRANCHES)}
-    out['block'] = sq.sum(-1).sqrt().mean(0).tolist()
-    return out
-
-# %% ../nbs/07_prenorm.ipynb #159c971b
-NORM_PLACEMENTS = {p: {'norm_placement': p} for p in ('post', 'pre', 'sandwich')}
-PRENORM_GRID = register_experiment(Experiment(
-    '07_prenorm_grid', combine(NORM_PLACEMENTS, grid(lr=[2e-3, 6e-3, 2e-2], warmup_steps=[0, 30])),
-    description='post vs pre vs sandwich norm over peak LR x warmup: post-norm needs warmup and small LRs, '
-                'pre-norm trains at larger LR with little warmup (Xiong et al. 2020)',
-    scales={'cpu': {'seeds': (0,)}}, notebook='07_prenorm'))
-
-KEY_CELLS = [f'{p} | {cell}' for cell in ('lr=0.02 warmup_steps=0', 'lr=0.002 warmup_steps=30') for p in NORM_PLACEMENTS]
-PRENORM_SEED1 = register_experiment(Experiment(
-    '07_prenorm_seed1', {k: PRENORM_GRID.variants[k] for k in KEY_CELLS},
-    description="the second seed for 07_prenorm_grid's key cells: highest LR without warmup, and the default recipe",
-    scales={'cpu': {'seeds': (1,)}}, notebook='07_prenorm'))

@@ -4,56 +4,14 @@
 
 # %% ../nbs/13_stability.ipynb #38ec4de0
 from __future__ import annotations
-import math, statistics
 
 import torch
-import torch.nn.functional as F
-from torch import nn, Tensor
+from torch import Tensor
 
-from .model import CHECKS, FEATURES, NORMS, QK_NORMS, ModelConfig, Transformer
-from .attention import causal_mask
-from .experiments import (EXPERIMENT_BASE, Experiment, combine, grid, register_experiment, describe,
-                                _axis, _config_value, _group, _title)
+from .model import FEATURES, Feature
 
 # %% auto #0
-__all__ = ['STABILITY_PROBES', 'STABILITY_CONFIGS', 'STABILITY_LRS', 'STABILITY_EXPERIMENT', 'QKNorm', 'check_qk_norm', 'softcap',
-           'z_loss', 'logit_stats', 'stability_stats', 'max_attn_logit', 'min_attn_entropy', 'max_output_logit',
-           'mean_log_z', 'lr_sensitivity', 'final_probe', 'print_stability', 'plot_probe_sweep']
-
-# %% ../nbs/13_stability.ipynb #8c3b76b2
-class QKNorm(nn.Module):
-    "Per-head normalization of queries and keys over head_dim: the `qk_transform` (q, k, pos) -> (q_norm(q), k_norm(k))."
-    def __init__(self, cfg: ModelConfig, # uses head_dim, norm_eps and bias
-                 norm: str = 'rms', # a name in NORMS
-                ):
-        super().__init__()
-        make = NORMS[norm]   # looked up at construction time, so norms registered after this import work
-        self.q_norm, self.k_norm = make(cfg, cfg.head_dim), make(cfg, cfg.head_dim)
-
-    def forward(self, q: Tensor, # (B, n_head, T, head_dim)
-                k: Tensor, # (B, n_kv_head, S, head_dim)
-                pos: Tensor | None = None, # unused: QK-norm does not depend on position
-               ) -> tuple[Tensor, Tensor]:
-        return self.q_norm(q), self.k_norm(k)
-
-def _qk_norm(norm: str):
-    "A QK_NORMS entry normalizing with NORMS[norm]."
-    def make(cfg: ModelConfig) -> QKNorm: return QKNorm(cfg, norm)
-    make.__name__ = make.__qualname__ = f'qk_norm_{norm}'
-    make.__doc__, make.norm = f"Normalize each head's queries and keys with NORMS[{norm!r}].", norm
-    return make
-
-for _name in ('rms', 'layer'): QK_NORMS.register(_name)(_qk_norm(_name))
-
-# %% ../nbs/13_stability.ipynb #ef15bbc2
-def check_qk_norm(cfg: ModelConfig) -> None:
-    "A QK-norm needs its norm in NORMS: `qk_norm='rms'` needs NORMS['rms'] (notebook 08)."
-    norm = getattr(QK_NORMS[cfg.qk_norm], 'norm', None)
-    if norm is not None and norm not in NORMS:
-        raise ValueError(f"ModelConfig.qk_norm={cfg.qk_norm!r} normalizes with the norm {norm!r}, which is not registered; "
-                         f"registered norms: {', '.join(map(repr, NORMS))} (`import tinylm` registers them all)")
-
-CHECKS[:] = [c for c in CHECKS if getattr(c, '__qualname__', None) != 'check_qk_norm'] + [check_qk_norm]
+__all__ = ['softcap', 'z_loss']
 
 # %% ../nbs/13_stability.ipynb #43d6311f
 def softcap(x: Tensor, # attention scores or output logits, any shape
@@ -64,8 +22,8 @@ def softcap(x: Tensor, # attention scores or output logits, any shape
         raise ValueError(f'softcap: cap={cap!r} must be a number > 0')
     return cap * torch.tanh(x / cap)
 
-FEATURES.register('attn_softcap')(softcap)    # called as fn(scores, cap=cap), the attention score_mod
-FEATURES.register('logit_softcap')(softcap)   # called as fn(logits, cap) on the output logits
+FEATURES.register('attn_softcap')(Feature('scores', softcap))   # the attention's score_mod: softcap(scores, attn_softcap)
+FEATURES.register('logit_softcap')(Feature('logits', softcap))  # on the output logits: softcap(logits, logit_softcap)
 
 # %% ../nbs/13_stability.ipynb #540198f6
 def z_loss(logits: Tensor, # (..., V) output logits
@@ -78,147 +36,4 @@ def z_loss(logits: Tensor, # (..., V) output logits
     keep = targets != -1
     return (log_z.square() * keep).sum() / keep.sum().clamp(min=1)
 
-FEATURES.register('z_loss')(z_loss)
-
-# %% ../nbs/13_stability.ipynb #cfb076b2
-def _attention_scores(q: Tensor, k: Tensor) -> Tensor:
-    "(B, H, T, hd) queries and (B, H_kv, S, hd) keys -> (B, H, T, S) scores q.k / sqrt(hd)."
-    if k.size(1) != q.size(1): k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
-    return (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))
-
-@torch.no_grad()
-def logit_stats(model: Transformer, idx: Tensor, # (B, T) token ids
-               ) -> dict[str, float]:
-    "Largest attention logit, smallest head entropy, largest output logit and mean log Z of `model` on `idx`."
-    qk, raw = [], []
-    attns = [m for m in model.modules() if isinstance(getattr(m, 'qk_transform', None), nn.Module)]
-    hooks = [a.qk_transform.register_forward_hook(lambda mod, inp, out, a=a: qk.append((a, *out))) for a in attns]
-    hooks.append(model.lm_head.register_forward_hook(lambda mod, inp, out: raw.append(out)))
-    was_training = model.training; model.eval()
-    try: logits = model(idx)                                      # (B, T, V), after any logit soft-cap
-    finally:
-        for h in hooks: h.remove()
-        model.train(was_training)
-    max_attn, min_ent = 0.0, math.inf
-    for attn, q, k in qk:
-        s = _attention_scores(q, k)                               # (B, H, T, S)
-        mask = causal_mask(s.size(-2), s.size(-1), device=s.device)
-        max_attn = max(max_attn, s.abs().masked_fill(~mask, 0).max().item())
-        if getattr(attn, 'score_mod', None) is not None: s = attn.score_mod(s)
-        p = s.masked_fill(~mask, float('-inf')).softmax(-1)
-        ent = -torch.special.xlogy(p, p).sum(-1)                  # (B, H, T)
-        min_ent = min(min_ent, ent.mean((0, 2)).min().item())
-    return dict(max_attn_logit=max_attn, min_attn_entropy=min_ent,
-                max_output_logit=raw[0].abs().max().item(), mean_log_z=torch.logsumexp(logits.float(), -1).mean().item())
-
-# %% ../nbs/13_stability.ipynb #49926250
-def stability_stats(trainer) -> dict[str, float]:
-    "`logit_stats` of the trainer's model on its first evaluation batch, computed once per step."
-    cached = getattr(trainer, '_stability_stats', None)
-    if cached is not None and cached[0] == trainer.step: return cached[1]
-    gen = torch.Generator().manual_seed(trainer.cfg.seed + 1)    # the evaluation's seed (notebook 05)
-    x, _ = trainer.data.get_batch('val', trainer.cfg.batch_size, trainer.block_size, generator=gen, device=trainer.device)
-    stats = logit_stats(trainer.model, x)
-    trainer._stability_stats = (trainer.step, stats)
-    return stats
-
-def max_attn_logit(trainer) -> float:
-    "Largest |q.k|/sqrt(head_dim) over layers, heads and causal pairs, after QK-norm and RoPE, before any soft-cap."
-    return stability_stats(trainer)['max_attn_logit']
-
-def min_attn_entropy(trainer) -> float:
-    "Attention entropy (nats, mean over queries) of the model's most collapsed head."
-    return stability_stats(trainer)['min_attn_entropy']
-
-def max_output_logit(trainer) -> float:
-    "Largest |output logit| before any soft-cap."
-    return stability_stats(trainer)['max_output_logit']
-
-def mean_log_z(trainer) -> float:
-    "Mean log Z = logsumexp of the output logits over the batch's positions."
-    return stability_stats(trainer)['mean_log_z']
-
-STABILITY_PROBES = {f.__name__: f for f in (max_attn_logit, min_attn_entropy, max_output_logit, mean_log_z)}
-
-# %% ../nbs/13_stability.ipynb #ad039ca9
-def _capped(run: dict, metric: str, init_loss: float) -> float:
-    "A run's final `metric`, capped at `init_loss`; diverged or missing values count as `init_loss`."
-    v = run['final'].get(metric) if run['status'] == 'ok' else None
-    return min(v, init_loss) if v is not None and math.isfinite(v) else init_loss
-
-def lr_sensitivity(result: dict, # a result dict of an LR sweep (`load_result`)
-                   key: str = 'lr', # the swept field
-                   metric: str = 'val_loss', # the final metric compared
-                   init_loss: float | None = None, # loss at initialization; default ln(vocab_size)
-                  ) -> dict[str, dict]:
-    "Per group of runs: Wortsman et al.'s LR sensitivity, mean over LRs of min(loss, init_loss) minus the best loss."
-    l0 = math.log(result['data']['vocab_size']) if init_loss is None else init_loss
-    groups = {}
-    for run in result['runs'].values():
-        groups.setdefault(_group(run, key), {}).setdefault(_config_value(run, key), []).append(run)
-    out = {}
-    for g, by_x in groups.items():
-        losses = {x: statistics.fmean(_capped(r, metric, l0) for r in runs) for x, runs in sorted(by_x.items())}
-        best = min(losses, key=losses.get)
-        out[g] = dict(sensitivity=statistics.fmean(losses.values()) - losses[best], best=best, best_loss=losses[best],
-                      losses=losses, diverged=sum(r['status'] != 'ok' for rs in by_x.values() for r in rs), init_loss=l0)
-    return out
-
-# %% ../nbs/13_stability.ipynb #1cedfaf8
-def final_probe(run: dict, name: str) -> float | None:
-    "The last recorded value of probe `name` in a run's curves (None if it never ran)."
-    vals = [r[name] for r in run['curves'] if r.get(name) is not None]
-    return vals[-1] if vals else None
-
-def _sweep_table(result: dict, key: str, groups: list[str], title: str, cell) -> None:
-    "Print one row per swept value and one column per group; `cell(run) -> str`, seeds joined by commas."
-    cells = {}
-    for run in result['runs'].values():
-        cells.setdefault(_config_value(run, key), {}).setdefault(_group(run, key), []).append(cell(run))
-    print(f'\n{title}')
-    print(f"{key:>8} " + ' '.join(f'{g:>27}' for g in groups))
-    for x in sorted(cells): print(f'{x:>8g} ' + ' '.join(f"{', '.join(cells[x].get(g, ['-'])):>27}" for g in groups))
-
-def print_stability(result: dict, key: str = 'lr', # the swept field
-                    probes: tuple = tuple(STABILITY_PROBES), # probes to tabulate (their last recorded value)
-                   ) -> None:
-    "LR sensitivity per group, then tables over the swept values: final val loss and the last value of each probe."
-    sens = lr_sensitivity(result, key)
-    print(describe(result))
-    print(f"{'group':<34} {'LR sensitivity':>14} {'best ' + key:>9} {'best loss':>9} {'diverged':>8}")
-    for g, s in sorted(sens.items(), key=lambda kv: kv[1]['sensitivity']):
-        print(f"{g:<34} {s['sensitivity']:>14.4f} {s['best']:>9g} {s['best_loss']:>9.4f} {s['diverged']:>8}")
-    groups = list(sens)
-    _sweep_table(result, key, groups, 'final val loss (one entry per seed; div = diverged)',
-                 lambda r: f"{r['final']['val_loss']:.4f}" if r['status'] == 'ok' else 'div')
-    for probe in probes:
-        _sweep_table(result, key, groups, f'last {probe}', lambda r: f'{v:.3g}' if (v := final_probe(r, probe)) is not None else '-')
-
-def plot_probe_sweep(result: dict, probe: str = 'max_attn_logit', key: str = 'lr', ax=None, logy: bool = True):
-    "Last recorded `probe` against the swept `key` (log x), seed mean, one line per group; x marks a diverged run."
-    ax = _axis(ax)
-    groups = {}
-    for run in result['runs'].values():
-        groups.setdefault(_group(run, key), {}).setdefault(_config_value(run, key), []).append(run)
-    for g, by_x in groups.items():
-        pts = [(x, statistics.fmean(vals), any(r['status'] != 'ok' for r in by_x[x])) for x in sorted(by_x)
-               if (vals := [v for r in by_x[x] if (v := final_probe(r, probe)) is not None])]
-        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', ms=4, label=g)
-        ax.plot([p[0] for p in pts if p[2]], [p[1] for p in pts if p[2]], 'x', color=line.get_color(), ms=9, mew=2)
-    ax.set_xscale('log'); ax.set_xlabel(key.replace('_', ' ')); ax.set_ylabel(f"last {probe.replace('_', ' ')}")
-    if logy: ax.set_yscale('log')
-    ax.set_title(_title(result, f'{probe} at the last evaluation vs {key}'), fontsize=9); ax.legend(fontsize=7); ax.grid(alpha=0.3)
-    return ax
-
-# %% ../nbs/13_stability.ipynb #705d35f4
-STABILITY_CONFIGS = {'baseline': dict(qk_norm='none', z_loss=0.0), 'qk_norm': dict(qk_norm='rms', z_loss=0.0),
-                     'z_loss': dict(qk_norm='none', z_loss=1e-4), 'qk_norm + z_loss': dict(qk_norm='rms', z_loss=1e-4)}
-STABILITY_LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-
-STABILITY_EXPERIMENT = register_experiment(Experiment(
-    '13_stability_lr', combine(STABILITY_CONFIGS, grid(lr=STABILITY_LRS)),
-    description='LR sweeps to divergence with and without QK-norm and z-loss (pre-norm, RMSNorm, no bias): '
-                'QK-norm and z-loss lower LR sensitivity (Wortsman et al. 2023)',
-    base={**EXPERIMENT_BASE, 'norm_placement': 'pre', 'norm': 'rms', 'bias': False},
-    scales={'cpu': dict(seeds=(0,), eval_interval=25)},
-    probes=STABILITY_PROBES, notebook='13_stability'))
+FEATURES.register('z_loss')(Feature('loss', z_loss))        # added as z_loss * z_loss(logits, targets) in training

@@ -14,11 +14,13 @@ import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
 from .core import atomic_write
+from .data import cache_dir, load_text, source_key
 
 # %% auto #0
 __all__ = ['EOT', 'Merge', 'GPT2_SPLIT_PATTERN', 'TOKENIZER_TYPES', 'DEFAULT_BPE_VOCAB', 'TOKENIZER_SPECS', 'Tokenizer',
            'CharTokenizer', 'merge_pair', 'count_chunks', 'learn_bpe', 'TiktokenTokenizer', 'BPETokenizer',
-           'GPT2Tokenizer', 'gpt2_tokenizer', 'tokenizer_from_dict', 'load_tokenizer', 'build_tokenizer']
+           'GPT2Tokenizer', 'gpt2_tokenizer', 'tokenizer_from_dict', 'load_tokenizer', 'build_tokenizer',
+           'corpus_tokenizer']
 
 # %% ../nbs/02_tokenizer.ipynb #535d1e26
 EOT = '<|endoftext|>'  # GPT-2's end-of-text token: separates documents in a token stream
@@ -331,3 +333,17 @@ def build_tokenizer(spec: str, # see `TOKENIZER_SPECS`
     if s == 'gpt2': return gpt2_tokenizer()
     if s.endswith('.json') or Path(s).is_file(): return load_tokenizer(s)
     raise ValueError(f'unknown tokenizer spec {s!r}; use {TOKENIZER_SPECS}')
+
+# %% ../nbs/02_tokenizer.ipynb #b39f71f7
+def corpus_tokenizer(spec: str, # 'char', 'bpe', 'bpe:N', 'gpt2' or a saved tokenizer JSON
+                     corpus: str, # what the tokenizer is trained on when it needs training
+                     cache: Path | None = None):
+    "The tokenizer `spec` for `corpus`, trained on it once and cached when `spec` needs training."
+    if spec == 'gpt2' or Path(spec).suffix == '.json' or Path(spec).exists(): return build_tokenizer(spec)
+    name, ident = source_key(corpus)
+    key = hashlib.sha256(f'{ident}|{spec}'.encode()).hexdigest()[:12]
+    path = (cache or cache_dir() / 'tokenizers') / f"{name.replace('/', '_')[:60]}-{spec.replace(':', '')}-{key}.json"
+    if path.exists(): return load_tokenizer(path)
+    tok = build_tokenizer(spec, load_text(corpus))
+    tok.save(path)
+    return tok

@@ -12,15 +12,16 @@ import torch
 from torch import nn, Tensor
 from tqdm import tqdm
 
-from .core import (Registry, Timer, atomic_write, autocast, autocast_dtype, config_from_dict, fmt_count,
+from .core import (Registry, atomic_write, autocast, autocast_dtype, config_from_dict, fmt_count,
                          mfu, peak_flops, resolve_device, seed_everything)
-from .model import ModelConfig, Transformer, generate, model_flops_per_token
+from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_token
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'TrainConfig', 'validate_train', 'cosine_schedule',
-           'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules', 'param_groups', 'make_optimizer',
-           'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'read_metrics', 'plot_metrics',
-           'save_loss_plot', 'TrainingDiverged', 'TrainResult', 'Trainer', 'train']
+__all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'MODEL_FIELDS', 'TRAIN_FIELDS', 'TrainConfig',
+           'validate_train', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules',
+           'param_groups', 'make_optimizer', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint',
+           'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged', 'TrainResult', 'Trainer', 'train',
+           'split_overrides']
 
 # %% ../nbs/05_training.ipynb #c00081bc
 SCHEDULES = Registry('schedule')  # (step, cfg) -> multiplier of cfg.lr
@@ -149,7 +150,14 @@ def evaluate(model: nn.Module, data, split: str = 'val', iters: int = 20, batch_
     return total / iters
 
 # %% ../nbs/05_training.ipynb #a66dfc7a
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'tinylm-checkpoint', 1
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'tinylm-checkpoint', 2
+
+def _upgrade_checkpoint(ckpt: dict) -> dict:
+    "Version 1 (tinylm 0.1): drop the `attention` config field and rename QK-norm weights to the attention's q_norm/k_norm slots."
+    ckpt = dict(ckpt, version=2)
+    ckpt['model_config'] = {k: v for k, v in ckpt['model_config'].items() if k != 'attention'}
+    ckpt['model'] = {k.replace('.attn.qk_transform.fns.0.', '.attn.'): v for k, v in ckpt['model'].items()}
+    return ckpt
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int,
                     train_cfg: TrainConfig | None = None, **extra) -> Path:
@@ -171,8 +179,9 @@ def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
         raise ValueError(f'{path} is not a readable tinylm checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
         raise ValueError(f'{path} is not a tinylm checkpoint (no {CHECKPOINT_FORMAT!r} marker)')
+    if ckpt.get('version') == 1: ckpt = _upgrade_checkpoint(ckpt)
     if ckpt.get('version') != CHECKPOINT_VERSION:
-        raise ValueError(f"{path} has checkpoint version {ckpt.get('version')!r}; this tinylm reads version {CHECKPOINT_VERSION}")
+        raise ValueError(f"{path} has checkpoint version {ckpt.get('version')!r}; this tinylm reads versions 1 and {CHECKPOINT_VERSION}")
     return ckpt
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tuple[Transformer, dict]:
@@ -253,109 +262,125 @@ class Trainer:
     @property
     def metrics_path(self) -> Path | None: return self.out_dir / 'metrics.jsonl' if self.out_dir else None
 
-# %% ../nbs/05_training.ipynb #4003eedb
-def _checkpoint(self: Trainer) -> Path | None:
-    if self.ckpt_path is None: return None
-    extra = dict(tokens=self.tokens, elapsed=self.elapsed, data_rng=self.data_gen.get_state(),
-                 torch_rng=torch.get_rng_state(), **self.extra)
-    if self.device.type == 'cuda': extra['cuda_rng'] = torch.cuda.get_rng_state(self.device)
-    if self.tokenizer is not None: extra['tokenizer'] = json.dumps(self.tokenizer.to_dict())
-    return save_checkpoint(self.ckpt_path, self.model, self.opt, self.step, self.cfg, **extra)
+    # -- one optimizer step ------------------------------------------------------------------
+    def train_step(self) -> tuple[Tensor, Tensor]:
+        "Draw `grad_accum` micro-batches, backpropagate their mean loss, clip, step AdamW; returns (loss, grad norm) on the device."
+        lr = lr_at(self.step, self.cfg)
+        for g in self.opt.param_groups: g['lr'] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(self.cfg.grad_accum):
+            x, y = self.data.get_batch('train', self.cfg.batch_size, self.block_size, generator=self.data_gen, device=self.device)
+            with autocast(self.device, self.dtype): _, loss = self.fwd(x, y)
+            (loss / self.cfg.grad_accum).backward()   # the accumulated gradient is the mean over the whole batch
+            loss_sum += loss.detach()                 # stays on the device: no sync until the next log line
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float('inf')
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.opt.step(); self.opt.zero_grad(set_to_none=True)
+        self.step += 1; self.tokens += self.tokens_per_step
+        return loss_sum / self.cfg.grad_accum, grad_norm
 
-def _resume(self: Trainer) -> bool:
-    if self.ckpt_path is None or not self.ckpt_path.exists(): return False
-    ckpt = load_checkpoint(self.ckpt_path)
-    if ckpt['model_config'] != self.model.cfg.to_dict():
-        raise ValueError(f'cannot resume from {self.ckpt_path}: it was trained with a different ModelConfig')
-    self.model.load_state_dict(ckpt['model']); self.opt.load_state_dict(ckpt['optimizer'])
-    self.step, self.tokens, self.elapsed = ckpt['step'], ckpt['tokens'], ckpt['elapsed']
-    self.data_gen.set_state(ckpt['data_rng']); torch.set_rng_state(ckpt['torch_rng'])
-    if 'cuda_rng' in ckpt and self.device.type == 'cuda': torch.cuda.set_rng_state(ckpt['cuda_rng'], self.device)
-    if self.metrics_path and self.metrics_path.exists():
-        self.records = [r for r in read_metrics(self.metrics_path) if r['step'] <= self.step]
-        with atomic_write(self.metrics_path, 'w') as f: f.writelines(json.dumps(r) + '\n' for r in self.records)
-    return True
-
-def _log(self: Trainer, record: dict) -> None:
-    self.records.append(record)
-    if self.metrics_path:
-        with open(self.metrics_path, 'a') as f: f.write(json.dumps(record) + '\n')
-
-Trainer.checkpoint, Trainer.resume, Trainer.log = _checkpoint, _resume, _log
-
-# %% ../nbs/05_training.ipynb #e8ec7d50
-def _train_step(self: Trainer) -> tuple[Tensor, Tensor]:
-    lr = lr_at(self.step, self.cfg)
-    for g in self.opt.param_groups: g['lr'] = lr
-    loss_sum = torch.zeros((), device=self.device)
-    for _ in range(self.cfg.grad_accum):
-        x, y = self.data.get_batch('train', self.cfg.batch_size, self.block_size, generator=self.data_gen, device=self.device)
-        with autocast(self.device, self.dtype): _, loss = self.fwd(x, y)
-        (loss / self.cfg.grad_accum).backward()
-        loss_sum += loss.detach()
-    clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float('inf')
-    grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-    self.opt.step(); self.opt.zero_grad(set_to_none=True)
-    self.step += 1; self.tokens += self.tokens_per_step
-    return loss_sum / self.cfg.grad_accum, grad_norm
-
-def _check_finite(self: Trainer, loss: float, grad_norm: float) -> None:
-    if math.isfinite(loss) and math.isfinite(grad_norm): return
-    where = f'the last good checkpoint is {self.ckpt_path}' if self.ckpt_path and self.ckpt_path.exists() else 'no checkpoint was saved'
-    raise TrainingDiverged(f'training diverged at step {self.step}: loss={loss}, grad_norm={grad_norm} '
-                           f'(lr={lr_at(self.step - 1, self.cfg):.3g}); {where}. Try a lower lr, longer warmup or grad_clip.')
-
-Trainer.train_step, Trainer.check_finite = _train_step, _check_finite
-
-# %% ../nbs/05_training.ipynb #df7068a3
-def _evaluate(self: Trainer) -> float:
-    v = evaluate(self.model, self.data, 'val', self.cfg.eval_iters, self.cfg.batch_size, self.block_size,
-                 self.device, self.dtype, seed=self.cfg.seed + 1)
-    rec = dict(step=self.step, tokens=self.tokens, val_loss=v, elapsed_s=round(self.elapsed, 3))
-    for name, probe in self.probes.items(): rec[name] = probe(self)   # e.g. the largest attention logit (notebook 13)
-    self.log(rec)
-    return v
-
-def _fit(self: Trainer, resume: bool = False) -> TrainResult:
-    if self.out_dir: self.out_dir.mkdir(parents=True, exist_ok=True)
-    if resume: self.resume()
-    elif self.metrics_path and self.metrics_path.exists(): self.metrics_path.unlink()  # a fresh run starts a fresh log
-    cfg, acc, n_acc, val = self.cfg, torch.zeros((), device=self.device), 0, None
-    bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress, unit='step', dynamic_ncols=True)
-    el_log, tok_log = self.elapsed, self.tokens
-    try:
-        while self.step < cfg.max_steps and (cfg.max_seconds is None or self.elapsed < cfg.max_seconds):
-            t0 = time.perf_counter()
-            loss, gnorm = self.train_step()
-            acc += loss; n_acc += 1
-            last = self.step == cfg.max_steps
-            log_now = self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or last
-            if log_now: train_loss, gn = (acc / n_acc).item(), gnorm.item()  # the one device sync per log line
-            self.elapsed += time.perf_counter() - t0
-            bar.update(1)
-            if not log_now: continue
-            self.check_finite(train_loss, gn)
-            tps = (self.tokens - tok_log) / max(self.elapsed - el_log, 1e-9)
-            rec = dict(step=self.step, tokens=self.tokens, train_loss=train_loss, lr=lr_at(self.step - 1, cfg),
-                       grad_norm=gn, tokens_per_s=round(tps, 1), elapsed_s=round(self.elapsed, 3))
-            if (u := mfu(tps, self.flops_per_token, self.peak)) is not None: rec['mfu'] = round(u, 4)
-            self.log(rec); bar.set_postfix(loss=f'{train_loss:.3f}', tok_s=fmt_count(tps))
-            acc, n_acc, el_log, tok_log = torch.zeros((), device=self.device), 0, self.elapsed, self.tokens
-            if self.step % cfg.eval_interval == 0 or last:
-                val = self.evaluate(); self.checkpoint(); bar.set_postfix(loss=f'{train_loss:.3f}', val=f'{val:.3f}')
-    except KeyboardInterrupt:
+    # -- the run -------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainResult:
+        "Resume if asked, then train until max_steps (or max_seconds), logging, evaluating and checkpointing."
+        self._resume_or_start(resume)
+        cfg, bar = self.cfg, tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.cfg.progress,
+                                  unit='step', dynamic_ncols=True)
+        self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]  # loss sum, steps, time, tokens
+        try:
+            while self.step < cfg.max_steps and (cfg.max_seconds is None or self.elapsed < cfg.max_seconds):
+                t0 = time.perf_counter()
+                loss, gnorm = self.train_step()
+                self._window[0] += loss; self._window[1] += 1
+                last = self.step == cfg.max_steps
+                log_now = self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or last
+                if log_now: train_loss, gn = (self._window[0] / self._window[1]).item(), gnorm.item()  # the one sync per line
+                self.elapsed += time.perf_counter() - t0   # training time only: evaluation is not counted
+                bar.update(1)
+                if not log_now: continue
+                self._log_train(train_loss, gn, bar)
+                if self.step % cfg.eval_interval == 0 or last: self._evaluate_and_save(bar, train_loss)
+        except KeyboardInterrupt:
+            bar.close()
+            if self.ckpt_path: self.checkpoint(); print(f'interrupted at step {self.step}; saved {self.ckpt_path} (resume=True continues)')
+            raise
         bar.close()
-        if self.ckpt_path: self.checkpoint(); print(f'interrupted at step {self.step}; saved {self.ckpt_path} (resume=True continues)')
-        raise
-    bar.close()
-    if self.step and (not self.records or self.records[-1]['step'] != self.step or 'val_loss' not in self.records[-1]):
-        val = self.evaluate(); self.checkpoint()   # stopped by max_seconds between evaluations
-    tr = [r for r in self.records if 'train_loss' in r]
-    tps = self.tokens / self.elapsed if self.elapsed else 0.0
-    return TrainResult(self.model, self.records, self.step, self.tokens, tr[-1]['train_loss'] if tr else float('nan'),
-                       val, self.elapsed, tps, self.out_dir)
+        return self._finish()
 
-Trainer.evaluate, Trainer.fit = _evaluate, _fit
+    def _resume_or_start(self, resume: bool) -> None:
+        if self.out_dir: self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume: self.resume()
+        elif self.metrics_path and self.metrics_path.exists(): self.metrics_path.unlink()  # a fresh run starts a fresh log
+
+    def _log_train(self, train_loss: float, grad_norm: float, bar) -> None:
+        "Stop on a non-finite loss, else write a training line for the steps since the last one."
+        self.check_finite(train_loss, grad_norm)
+        _, _, el0, tok0 = self._window
+        tps = (self.tokens - tok0) / max(self.elapsed - el0, 1e-9)
+        rec = dict(step=self.step, tokens=self.tokens, train_loss=train_loss, lr=lr_at(self.step - 1, self.cfg),
+                   grad_norm=grad_norm, tokens_per_s=round(tps, 1), elapsed_s=round(self.elapsed, 3))
+        if (u := mfu(tps, self.flops_per_token, self.peak)) is not None: rec['mfu'] = round(u, 4)
+        self.log(rec); bar.set_postfix(loss=f'{train_loss:.3f}', tok_s=fmt_count(tps))
+        self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]
+
+    def _evaluate_and_save(self, bar, train_loss: float) -> None:
+        val = self.evaluate(); self.checkpoint()
+        bar.set_postfix(loss=f'{train_loss:.3f}', val=f'{val:.3f}')
+
+    def _finish(self) -> TrainResult:
+        "Evaluate once more if the run stopped between evaluations (max_seconds), and sum it up."
+        if self.step and (not self.records or self.records[-1]['step'] != self.step or 'val_loss' not in self.records[-1]):
+            self.evaluate(); self.checkpoint()
+        tr = [r for r in self.records if 'train_loss' in r]
+        va = [r for r in self.records if 'val_loss' in r]
+        tps = self.tokens / self.elapsed if self.elapsed else 0.0
+        return TrainResult(self.model, self.records, self.step, self.tokens, tr[-1]['train_loss'] if tr else float('nan'),
+                           va[-1]['val_loss'] if va else None, self.elapsed, tps, self.out_dir)
+
+    def check_finite(self, loss: float, grad_norm: float) -> None:
+        "Raise `TrainingDiverged` (naming the last good checkpoint) if the loss or gradient norm is NaN or infinite."
+        if math.isfinite(loss) and math.isfinite(grad_norm): return
+        where = f'the last good checkpoint is {self.ckpt_path}' if self.ckpt_path and self.ckpt_path.exists() else 'no checkpoint was saved'
+        raise TrainingDiverged(f'training diverged at step {self.step}: loss={loss}, grad_norm={grad_norm} '
+                               f'(lr={lr_at(self.step - 1, self.cfg):.3g}); {where}. Try a lower lr, longer warmup or grad_clip.')
+
+    def evaluate(self) -> float:
+        "Validation loss on the fixed batches, plus every probe (notebook 13), logged as one record."
+        v = evaluate(self.model, self.data, 'val', self.cfg.eval_iters, self.cfg.batch_size, self.block_size,
+                     self.device, self.dtype, seed=self.cfg.seed + 1)
+        rec = dict(step=self.step, tokens=self.tokens, val_loss=v, elapsed_s=round(self.elapsed, 3))
+        for name, probe in self.probes.items(): rec[name] = probe(self)
+        self.log(rec)
+        return v
+
+    # -- state on disk -------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+        if self.metrics_path:
+            with open(self.metrics_path, 'a') as f: f.write(json.dumps(record) + '\n')
+
+    def checkpoint(self) -> Path | None:
+        "Save model, optimizer, step, both random states and the tokenizer to `ckpt.pt` (atomically)."
+        if self.ckpt_path is None: return None
+        extra = dict(tokens=self.tokens, elapsed=self.elapsed, data_rng=self.data_gen.get_state(),
+                     torch_rng=torch.get_rng_state(), **self.extra)
+        if self.device.type == 'cuda': extra['cuda_rng'] = torch.cuda.get_rng_state(self.device)
+        if self.tokenizer is not None: extra['tokenizer'] = json.dumps(self.tokenizer.to_dict())
+        return save_checkpoint(self.ckpt_path, self.model, self.opt, self.step, self.cfg, **extra)
+
+    def resume(self) -> bool:
+        "Restore everything `checkpoint` saved and drop metric lines written after it; False if there is no checkpoint."
+        if self.ckpt_path is None or not self.ckpt_path.exists(): return False
+        ckpt = load_checkpoint(self.ckpt_path)
+        if ckpt['model_config'] != self.model.cfg.to_dict():
+            raise ValueError(f'cannot resume from {self.ckpt_path}: it was trained with a different ModelConfig')
+        self.model.load_state_dict(ckpt['model']); self.opt.load_state_dict(ckpt['optimizer'])
+        self.step, self.tokens, self.elapsed = ckpt['step'], ckpt['tokens'], ckpt['elapsed']
+        self.data_gen.set_state(ckpt['data_rng']); torch.set_rng_state(ckpt['torch_rng'])
+        if 'cuda_rng' in ckpt and self.device.type == 'cuda': torch.cuda.set_rng_state(ckpt['cuda_rng'], self.device)
+        if self.metrics_path and self.metrics_path.exists():
+            self.records = [r for r in read_metrics(self.metrics_path) if r['step'] <= self.step]
+            with atomic_write(self.metrics_path, 'w') as f: f.writelines(json.dumps(r) + '\n' for r in self.records)
+        return True
 
 # %% ../nbs/05_training.ipynb #7dfa44bd
 def train(model_cfg: ModelConfig, # what to train
@@ -372,3 +397,25 @@ def train(model_cfg: ModelConfig, # what to train
     result = trainer.fit(resume)
     if out_dir is not None: save_loss_plot(result.records, Path(out_dir) / 'loss.png')
     return result
+
+# %% ../nbs/05_training.ipynb #013d2891
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+def split_overrides(overrides: dict, # field -> value; 'model.x' / 'train.x' disambiguate; 'preset' picks a model preset
+                    where: str = 'overrides', # named in error messages
+                   ) -> tuple[str | None, dict, dict]:
+    "Route `overrides` to (model preset, ModelConfig fields, TrainConfig fields); unknown or ambiguous keys raise."
+    preset, model, train = None, {}, {}
+    for key, value in overrides.items():
+        if key == 'preset': preset = MODEL_PRESETS.check(value, f'{where}: preset'); continue
+        scope, _, name = key.rpartition('.')
+        if scope not in ('', 'model', 'train'): raise ValueError(f"{where}: {key!r} has an unknown prefix; use 'model.' or 'train.'")
+        in_model, in_train = name in MODEL_FIELDS and scope != 'train', name in TRAIN_FIELDS and scope != 'model'
+        if in_model and in_train:
+            raise ValueError(f"{where}: {key!r} is a field of both configs; write 'model.{name}' or 'train.{name}'")
+        if not (in_model or in_train):
+            raise ValueError(f"{where}: {key!r} is neither a ModelConfig nor a TrainConfig field "
+                             f"(ModelConfig: {', '.join(sorted(MODEL_FIELDS))}; TrainConfig: {', '.join(sorted(TRAIN_FIELDS))})")
+        (model if in_model else train)[name] = value
+    return preset, model, train
