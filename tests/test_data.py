@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinylm.data import (CORPORA, Corpus, DownloadError, TokenDataset, cache_dir, download, load_text, prepare_dataset,
-                         register_corpus, split_text, text_stats, token_dtype)
+from tinylm.data import CORPORA, Corpus, DownloadError, TokenDataset, cache_dir, download, load_text, prepare_dataset, register_corpus, split_text, text_stats, token_dtype
 
 
 class ByteEncoder:

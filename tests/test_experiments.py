@@ -7,8 +7,8 @@ import pytest
 
 import tinylm  # noqa: F401  (fills every registry)
 from tinylm.cli import main
-from tinylm.experiments import (EXPERIMENTS, SCALES, Experiment, grid, load_result, plan, result_path, run_experiment,
-                                split_overrides, summarize)
+from tinylm.experiments import EXPERIMENTS, SCALES, Experiment, grid, load_result, plan, result_path, run_experiment, summarize
+from tinylm.training import split_overrides
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import tinylm
 from tinylm.core import count_params
 from tinylm.experiments import EXPERIMENTS, plan
-from tinylm.glu import GLU_EXPERIMENT, GLU_PAIRS, GatedMLP, SwiGLU, gated_width, gelu_tanh
+from tinylm.studies.glu import GLU_EXPERIMENT, GLU_PAIRS
+from tinylm.glu import GatedMLP, SwiGLU, gated_width, gelu_tanh
 from tinylm.model import FFNS, MODEL_PRESETS, ModelConfig, Transformer, baseline_2017
 
 PLAIN = {'relu': F.relu, 'gelu': lambda t: F.gelu(t, approximate='none'),
@@ -120,7 +121,7 @@ def test_presets():
     for name in ('swiglu', 'geglu', 'reglu'):
         cfg = MODEL_PRESETS[name](d_model=128)
         assert cfg == baseline_2017(d_model=128, ffn=name) and cfg.ffn_width == 344
-    assert tinylm.swiglu(n_layer=2).n_layer == 2
+    assert tinylm.ModelConfig.preset('swiglu', n_layer=2).n_layer == 2
 
 
 def test_experiment_is_registered_and_matched():

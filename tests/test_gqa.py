@@ -1,17 +1,18 @@
-"""Grouped-query attention, the KV cache and generation (notebook 12), against references and the installed package."""
+"""Grouped-query attention (notebook 12) and generation with the KV cache (notebook 04a), against references and the installed package."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import tinylm  # noqa: F401  (fills every registry: 'gqa' attention, RoPE positions, ...)
-from tinylm import model as nb04
+import tinylm  # noqa: F401  (fills every registry: RoPE positions, ...)
 from tinylm.attention import MultiHeadAttention, attend, causal_mask
 from tinylm.core import count_params
-from tinylm.experiments import EXPERIMENTS, MODEL_PRESETS, plan
-from tinylm.gqa import (GroupedQueryAttention, KVCache, generate, gqa_2017, grouped_attend, kv_cache_bytes, left_pad, prompt_positions,
-                        relative_positions, repeat_kv, sample_next, top_k_filter, top_p_filter)
+from tinylm.experiments import EXPERIMENTS, plan
+from tinylm.model import MODEL_PRESETS
+from tinylm.generation import KVCache, generate, kv_cache_bytes, left_pad, prompt_positions, relative_positions, sample_next, top_k_filter, top_p_filter
+from tinylm.gqa import gqa_2017
+from tinylm.attention import repeat_kv
 from tinylm.model import ModelConfig, Transformer, baseline_2017
 
 SMALL = dict(vocab_size=50, block_size=24, n_layer=2, d_model=32, n_head=4, dropout=0.0, tie_embeddings=False, init_std=0.3)
@@ -29,7 +30,7 @@ def model(n_kv_head=2, **kw):
     return Transformer(gqa_2017(**{**SMALL, **kw}, n_kv_head=n_kv_head)).eval()
 
 
-def test_grouped_attend_equals_repeated_heads_with_every_mask():
+def test_attend_with_fewer_kv_heads_equals_repeated_heads_with_every_mask():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 8, 6, 16), torch.randn(2, 2, 6, 16), torch.randn(2, 2, 6, 16)
     kr, vr = repeat_kv(k, 4), repeat_kv(v, 4)
@@ -38,7 +39,7 @@ def test_grouped_attend_equals_repeated_heads_with_every_mask():
     for T, pad in ((6, None), (2, None), (1, None), (6, kp), (3, kp)):
         ref = F.scaled_dot_product_attention(q[:, :, -T:], kr, vr, attn_mask=attend_mask(T, 6, pad))
         for impl in ('sdpa', 'naive'):
-            torch.testing.assert_close(grouped_attend(q[:, :, -T:], k, v, True, pad, impl=impl), ref, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(attend(q[:, :, -T:], k, v, True, pad, impl=impl), ref, atol=1e-5, rtol=1e-5)
 
 
 def attend_mask(T, S, kp):
@@ -49,15 +50,11 @@ def attend_mask(T, S, kp):
     return m & (kp[:, None, None, :] | self_key)
 
 
-def test_gqa_with_all_heads_is_mha_and_fewer_heads_match_a_per_head_reference():
+def test_fewer_kv_heads_match_a_per_head_reference():
     torch.manual_seed(1)
     x = torch.randn(2, 7, 32)
-    mha = MultiHeadAttention(32, 4)
-    g = GroupedQueryAttention(32, 4, 4)
-    g.load_state_dict(mha.state_dict())
-    torch.testing.assert_close(g(x), mha(x), atol=1e-6, rtol=1e-6)
     for n_kv in (2, 1):
-        g = GroupedQueryAttention(32, 4, n_kv)
+        g = MultiHeadAttention(32, 4, n_kv_head=n_kv)
         q = g.q_proj(x).view(2, 7, 4, 8).transpose(1, 2)
         k = g.k_proj(x).view(2, 7, n_kv, 8).transpose(1, 2)
         v = g.v_proj(x).view(2, 7, n_kv, 8).transpose(1, 2)
@@ -68,12 +65,12 @@ def test_gqa_with_all_heads_is_mha_and_fewer_heads_match_a_per_head_reference():
         g.impl = 'naive'
         torch.testing.assert_close(g(x), ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match='n_kv_head=3 must be a positive integer that divides n_head=4'):
-        GroupedQueryAttention(32, 4, 3)
+        MultiHeadAttention(32, 4, n_kv_head=3)
 
 
 def test_config_preset_and_parameter_counts():
     cfg = MODEL_PRESETS['gqa']()
-    assert (cfg.attention, cfg.n_kv_head, cfg.kv_heads) == ('gqa', 2, 2)
+    assert (cfg.n_kv_head, cfg.kv_heads) == (2, 2)
     full, mqa = Transformer(baseline_2017(**SMALL)), Transformer(gqa_2017(**SMALL, n_kv_head=1))
     d, hd = 32, 8
     assert count_params(full)['total'] - count_params(mqa)['total'] == 2 * 2 * (d * d + d - (d * hd + hd))
@@ -82,8 +79,7 @@ def test_config_preset_and_parameter_counts():
     same.load_state_dict(full.state_dict())
     idx = torch.randint(0, 50, (2, 10))
     torch.testing.assert_close(same.eval()(idx), full.eval()(idx))
-    with pytest.raises(ValueError, match="needs grouped-query attention, but attention='mha'"):
-        ModelConfig(n_kv_head=2)
+    assert ModelConfig(n_kv_head=2).kv_heads == 2          # n_kv_head alone says which attention a model has
     with pytest.raises(ValueError, match='ModelConfig.n_kv_head=3 must divide n_head=4'):
         gqa_2017(n_kv_head=3)
 
@@ -132,13 +128,27 @@ def test_left_padding_and_positions():
     assert not relative_positions(model()) and relative_positions(model(position='rope'))
 
 
-def test_generate_is_a_superset_of_notebook_04():
+@torch.no_grad()
+def plain_generate(m, idx, n, temperature=1.0, top_k=None, generator=None):
+    "The plain loop of notebook 04a: recompute the last block_size tokens every step."
+    for _ in range(n):
+        logits = m(idx[:, -m.cfg.block_size:])[:, -1].float()
+        if temperature == 0: nxt = logits.argmax(-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k is not None: logits = top_k_filter(logits, top_k)
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+        idx = torch.cat([idx, nxt], 1)
+    return idx
+
+
+def test_generate_is_the_plain_loop():
     m, p = model(), torch.randint(0, 50, (2, 4))
-    ref = nb04.generate(m, p, 12, 0.9, 8, torch.Generator().manual_seed(3))
+    ref = plain_generate(m, p, 12, 0.9, 8, torch.Generator().manual_seed(3))
     assert torch.equal(generate(m, p, 12, 0.9, 8, torch.Generator().manual_seed(3), use_cache=False), ref)
     assert torch.equal(generate(m, p, 12, 0.9, 8, torch.Generator().manual_seed(3)), ref)
     long = torch.randint(0, 50, (1, 20))  # past block_size=24: both slide their window
-    assert torch.equal(generate(m, long, 10, temperature=0, use_cache=False), nb04.generate(m, long, 10, temperature=0))
+    assert torch.equal(generate(m, long, 10, temperature=0, use_cache=False), plain_generate(m, long, 10, temperature=0))
 
 
 @pytest.mark.parametrize('position', ['sinusoidal', 'rope'])
@@ -202,6 +212,5 @@ def test_prompt_errors():
 def test_experiment_is_registered_with_three_kv_head_counts():
     exp = EXPERIMENTS['12_gqa_kv_heads']
     specs = plan(exp, 'cpu', vocab_size=66)
-    assert [(s.model.attention, s.model.n_head, s.model.n_kv_head) for s in specs] == \
-        [('gqa', 4, 4)] * 2 + [('gqa', 4, 2)] * 2 + [('gqa', 4, 1)] * 2
+    assert [(s.model.n_head, s.model.n_kv_head) for s in specs] == [(4, 4)] * 2 + [(4, 2)] * 2 + [(4, 1)] * 2
     assert len({s.train.max_steps for s in specs}) == 1 and [s.seed for s in specs] == [0, 1] * 3

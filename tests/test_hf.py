@@ -9,8 +9,7 @@ import torch
 
 from tinylm.model import ModelConfig, Transformer
 from tinylm.modern import gpt2, modern_recipe
-from tinylm.hf import (check_exportable, config_from_gpt2, config_from_llama, from_hf_gpt2, from_hf_llama, gpt2_config,
-                       gpt2_rules, llama_config, llama_rules, require_transformers, to_hf_gpt2, to_hf_llama)
+from tinylm.hf import check_exportable, config_from_gpt2, config_from_llama, from_hf_gpt2, from_hf_llama, gpt2_config, gpt2_rules, llama_config, llama_rules, require_transformers, to_hf_gpt2, to_hf_llama
 
 SIZES = dict(vocab_size=61, block_size=24, n_layer=2, d_model=32, n_head=4)
 
@@ -41,7 +40,7 @@ def same_state(a, b):
     (gpt2(norm='rms'), 'GPT-2', "ModelConfig.norm='rms'"),
     (gpt2(bias=False), 'GPT-2', 'ModelConfig.bias=False'),
     (gpt2(ffn='swiglu'), 'GPT-2', "ModelConfig.ffn='swiglu'"),
-    (gpt2(attention='gqa', n_kv_head=2), 'GPT-2', 'ModelConfig.n_kv_head=2 cannot be exported to a Hugging Face GPT-2 model; allowed: None, 4'),
+    (gpt2(n_kv_head=2), 'GPT-2', 'ModelConfig.n_kv_head=2 cannot be exported to a Hugging Face GPT-2 model; allowed: None, 4'),
     (ModelConfig(), 'GPT-2', "ModelConfig.norm_placement='post'"),
 ])
 def test_unrepresentable_configs_are_refused(cfg, target, message):
@@ -111,7 +110,7 @@ def test_llama_save_pretrained_round_trip(tf, idx, tmp_path):
 
 
 def test_llama_greedy_generation_agrees(tf, idx):
-    from tinylm.gqa import generate
+    from tinylm.generation import generate
     model = perturb_(Transformer(modern_recipe(**SIZES))).eval()
     hf = to_hf_llama(model)
     prompt = idx[:, :4]

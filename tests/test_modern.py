@@ -9,8 +9,7 @@ import tinylm
 from tinylm.core import count_params
 from tinylm.experiments import EXPERIMENTS, plan
 from tinylm.model import BLOCKS, MODEL_PRESETS, ModelConfig, Transformer, baseline_2017
-from tinylm.modern import (GPT2_FIELDS, MODERN_FIELDS, ParallelBlock, ffn_width_to_match, gpt2, modern_kv_heads,
-                           param_counts, param_matched)
+from tinylm.modern import GPT2_FIELDS, MODERN_FIELDS, ParallelBlock, ffn_width_to_match, gpt2, modern_kv_heads, param_counts, param_matched
 from tinylm.modern import modern_recipe as modern
 
 
@@ -44,7 +43,7 @@ def test_parallel_model_has_one_norm_fewer_and_a_final_norm():
 
 
 def test_parallel_block_with_kv_cache_matches_full_forward():
-    from tinylm.gqa import KVCache
+    from tinylm.generation import KVCache
     torch.manual_seed(1)
     model = Transformer(modern(vocab_size=40, block_size=16, n_layer=2, d_model=32, n_head=4, norm_placement='parallel')).eval()
     idx = torch.randint(0, 40, (2, 10))
@@ -65,7 +64,7 @@ def test_gpt2_preset_fields():
 def test_modern_preset_fields_and_kv_rule():
     c = modern()
     assert {k: getattr(c, k) for k in MODERN_FIELDS} == MODERN_FIELDS
-    assert (c.norm_placement, c.norm, c.bias, c.ffn, c.position, c.attention) == ('pre', 'rms', False, 'swiglu', 'rope', 'gqa')
+    assert (c.norm_placement, c.norm, c.bias, c.ffn, c.position, c.kv_heads) == ('pre', 'rms', False, 'swiglu', 'rope', c.n_head // 2)
     assert (c.n_kv_head, c.tie_embeddings, c.scale_embeddings, c.dropout, c.qk_norm) == (2, False, False, 0.0, 'none')
     assert [modern_kv_heads(h) for h in (1, 2, 3, 4, 8, 12)] == [1, 1, 3, 2, 4, 6]
     assert modern(n_head=8).kv_heads == 4 and modern(n_head=8, n_kv_head=2).kv_heads == 2

@@ -8,7 +8,8 @@ from tinylm.attention import MultiHeadAttention
 from tinylm.core import count_params
 from tinylm.experiments import EXPERIMENTS, find_experiments, plan
 from tinylm.model import MODEL_PRESETS, Transformer, baseline_2017
-from tinylm.no_bias import bias_breakdown, bias_params, no_bias_2017
+from tinylm.studies.no_bias import bias_breakdown, bias_params
+from tinylm.no_bias import no_bias_2017
 
 CPU = dict(vocab_size=65, block_size=128, n_layer=4, d_model=128, n_head=4)
 

@@ -9,9 +9,8 @@ from torch import nn
 import tinylm
 from tinylm.attention import MultiHeadAttention
 from tinylm.model import MODEL_PRESETS, POSITIONS, ModelConfig, Transformer, baseline_2017, sinusoidal_table
-from tinylm.positions import (RotaryQK, apply_rope, check_rope_head_dim, extrapolation_probes, position_losses,
-                              rope_cos_sin, rope_frequencies, rope_halves_to_interleaved, rope_interleaved_to_halves,
-                              rope_pair_permutation, rotate_half, with_final_probes)
+from tinylm.positions import RotaryQK, apply_rope, rope_cos_sin, rope_frequencies, rope_halves_to_interleaved, rope_interleaved_to_halves, rope_pair_permutation, rotate_half
+from tinylm.studies.positions import extrapolation_probes, position_losses, with_final_probes
 
 
 def small(**kw):
@@ -210,8 +209,7 @@ def test_errors():
     with pytest.raises(ValueError, match=r"position='rope' needs an even head_dim .* d_model=12 / n_head=4 gives head_dim=3"):
         ModelConfig(d_model=12, n_head=4, position='rope')
     ModelConfig(d_model=12, n_head=4)  # odd head_dim is fine without RoPE
-    assert sum(c is check_rope_head_dim or getattr(c, '__qualname__', '') == 'check_rope_head_dim'
-               for c in tinylm.model.CHECKS) == 1
+    assert tinylm.model.POSITIONS['rope'].relative and not tinylm.model.POSITIONS['learned'].relative
     with pytest.raises(ValueError, match="ModelConfig.position='alibi' is not a known position"):
         ModelConfig(position='alibi')
     with pytest.raises(ValueError, match='RoPE needs an even head_dim, got head_dim=5'):

@@ -8,8 +8,8 @@ from torch import nn
 import tinylm
 from tinylm.core import count_params
 from tinylm.model import BLOCKS, MODEL_PRESETS, ModelConfig, Transformer, baseline_2017
-from tinylm.prenorm import (KEY_CELLS, PRENORM_GRID, PRENORM_SEED1, PreNormBlock, SandwichBlock, baseline_prenorm,
-                            baseline_sandwich, grad_norms_per_layer, to_torch_prenorm_layer)
+from tinylm.studies.prenorm import KEY_CELLS, PRENORM_GRID, PRENORM_SEED1, grad_norms_per_layer
+from tinylm.prenorm import PreNormBlock, SandwichBlock, baseline_prenorm, baseline_sandwich, to_torch_prenorm_layer
 from tinylm.experiments import EXPERIMENTS, find_experiments
 
 

@@ -8,8 +8,8 @@ import tinylm
 from tinylm.core import count_params
 from tinylm.experiments import EXPERIMENTS, find_experiments
 from tinylm.model import MODEL_PRESETS, ModelConfig, Transformer, baseline_2017
-from tinylm.rmsnorm import (BACKWARD_PREFIX, RMSNorm, RandomTokens, attribute_time, norm_flop_share, norm_modules,
-                            normalized_per_token, profile_steps, remove_norms, rmsnorm_2017)
+from tinylm.studies.rmsnorm import BACKWARD_PREFIX, RandomTokens, attribute_time, norm_flop_share, norm_modules, normalized_per_token, profile_steps, remove_norms
+from tinylm.rmsnorm import RMSNorm, rmsnorm_2017
 from tinylm.training import TrainConfig, Trainer
 
 SMALL = dict(vocab_size=50, block_size=16, n_layer=2, d_model=32, n_head=4, dropout=0.0)
@@ -102,6 +102,6 @@ def test_profiler_attributes_each_norms_backward(norm, nodes_per_norm):
 
 def test_experiment_is_registered():
     exp = EXPERIMENTS['08_rmsnorm']
-    assert [e.name for e in find_experiments('08')] == ['08_rmsnorm']
+    assert [e.name for e in find_experiments('08')] == ['08_norm_time', '08_rmsnorm']   # the benchmark and the experiment
     assert exp.variants == {'post | layer': {}, 'post | rms': {'norm': 'rms'}, 'pre | layer': {'norm_placement': 'pre'},
                             'pre | rms': {'norm_placement': 'pre', 'norm': 'rms'}} and exp.notebook == '08_rmsnorm'

@@ -8,18 +8,19 @@ import torch.nn.functional as F
 import tinylm
 from tinylm.attention import causal_mask, naive_attention
 from tinylm.experiments import EXPERIMENTS, plan
-from tinylm.model import FEATURES, NORMS, QK_NORMS, ModelConfig, Transformer
-from tinylm.stability import (STABILITY_EXPERIMENT, STABILITY_PROBES, QKNorm, logit_stats, lr_sensitivity, softcap,
-                              z_loss)
+from tinylm.model import FEATURES, NORMS, ModelConfig, Transformer
+from tinylm.studies.stability import STABILITY_EXPERIMENT, STABILITY_PROBES, logit_stats, lr_sensitivity
+from tinylm.stability import softcap, z_loss
 
 CFG = ModelConfig(vocab_size=40, block_size=16, n_layer=2, d_model=32, n_head=4, dropout=0.0, bias=False,
                   tie_embeddings=False)
 
 
 def test_features_are_registered():
-    assert FEATURES['attn_softcap'] is softcap and FEATURES['logit_softcap'] is softcap
-    assert FEATURES['z_loss'] is z_loss
-    assert {'none', 'rms', 'layer'} <= set(QK_NORMS)
+    assert FEATURES['attn_softcap'].fn is softcap and FEATURES['attn_softcap'].hook == 'scores'
+    assert FEATURES['logit_softcap'].fn is softcap and FEATURES['logit_softcap'].hook == 'logits'
+    assert FEATURES['z_loss'].fn is z_loss and FEATURES['z_loss'].hook == 'loss'
+    assert {'rms', 'layer'} <= set(NORMS)   # what qk_norm may name, besides 'none'
 
 
 def test_softcap_bounded_and_identity_near_zero():
@@ -62,54 +63,46 @@ def test_eval_loss_excludes_z_loss():
 @pytest.mark.parametrize('name', ['rms', 'layer'])
 def test_qk_norm_unit_rms_per_head(name):
     torch.manual_seed(1)
-    qkn = QK_NORMS[name](CFG)
-    assert isinstance(qkn, QKNorm) and qkn.q_norm.weight.shape == (CFG.head_dim,)
-    q = 4 * torch.randn(2, 4, 6, 8) + 2
-    k = torch.randn(2, 2, 6, 8)                       # fewer key heads (grouped-query) is fine
-    qn, kn = qkn(q, k)
-    torch.testing.assert_close(qn.pow(2).mean(-1), torch.ones(2, 4, 6), atol=1e-3, rtol=0)
-    torch.testing.assert_close(kn.pow(2).mean(-1), torch.ones(2, 2, 6), atol=1e-3, rtol=0)
+    attn = Transformer(CFG.replace(qk_norm=name, n_kv_head=2)).blocks[0].attn   # fewer key heads (grouped-query) is fine
+    assert attn.q_norm.weight.shape == (CFG.head_dim,)
+    q, k, _ = attn.project(4 * torch.randn(2, 6, 32) + 2)
+    torch.testing.assert_close(q.pow(2).mean(-1), torch.ones(2, 4, 6), atol=1e-3, rtol=0)
+    torch.testing.assert_close(k.pow(2).mean(-1), torch.ones(2, 2, 6), atol=1e-3, rtol=0)
 
 
 def test_rms_qk_norm_is_torch_rms_norm_over_head_dim():
     torch.manual_seed(2)
-    qkn = QK_NORMS['rms'](CFG)
-    with torch.no_grad(): qkn.q_norm.weight.normal_(); qkn.k_norm.weight.normal_()
-    q, k = torch.randn(2, 2, 4, 5, 8).unbind(0)
-    qn, kn = qkn(q, k)
-    torch.testing.assert_close(qn, F.rms_norm(q, (8,), qkn.q_norm.weight, eps=CFG.norm_eps))
-    torch.testing.assert_close(kn, F.rms_norm(k, (8,), qkn.k_norm.weight, eps=CFG.norm_eps))
+    attn = Transformer(CFG.replace(qk_norm='rms')).blocks[0].attn
+    with torch.no_grad(): attn.q_norm.weight.normal_(); attn.k_norm.weight.normal_()
+    x = torch.randn(2, 5, 32)
+    q, k, _ = attn.project(x)
+    torch.testing.assert_close(q, F.rms_norm(attn.split_heads(attn.q_proj(x)), (8,), attn.q_norm.weight, eps=CFG.norm_eps))
+    torch.testing.assert_close(k, F.rms_norm(attn.split_heads(attn.k_proj(x)), (8,), attn.k_norm.weight, eps=CFG.norm_eps))
 
 
 def test_qk_norm_sits_before_the_position_transform_and_has_no_decay():
-    model = Transformer(CFG.replace(qk_norm='rms'))
-    chain = model.blocks[0].attn.qk_transform
-    assert isinstance(chain.fns[0], QKNorm)
+    model = Transformer(CFG.replace(qk_norm='rms', position='rope'))
+    attn = model.blocks[0].attn
+    torch.manual_seed(4)
+    x, pos = torch.randn(1, 6, 32), torch.arange(6)
+    q, k, _ = attn.project(x, pos)
+    qn, kn = attn.q_norm(attn.split_heads(attn.q_proj(x))), attn.k_norm(attn.split_heads(attn.k_proj(x)))
+    rq, rk = attn.rotary(qn, kn, pos)                       # norm first, then the rotation
+    torch.testing.assert_close(q, rq); torch.testing.assert_close(k, rk)
     names = [n for n, _ in model.named_parameters()]
-    assert 'blocks.0.attn.qk_transform.fns.0.q_norm.weight' in names
+    assert 'blocks.0.attn.q_norm.weight' in names and 'blocks.0.attn.k_norm.weight' in names
     from tinylm.training import param_groups
     decayed = {id(p) for p in param_groups(model, 0.1)[0]['params']}
-    assert id(chain.fns[0].q_norm.weight) not in decayed
+    assert id(attn.q_norm.weight) not in decayed
 
 
 def test_bad_values_fail_with_the_field_name():
-    with pytest.raises(ValueError, match="ModelConfig.qk_norm='batch' is not a known qk_norm; allowed: 'none', 'rms', 'layer'"):
+    with pytest.raises(ValueError, match="ModelConfig.qk_norm='batch' is not allowed; allowed: 'none' or a norm: 'layer', 'rms'"):
         ModelConfig(qk_norm='batch')
     with pytest.raises(ValueError, match=r'ModelConfig.attn_softcap=0 must be None or a number > 0'):
         ModelConfig(attn_softcap=0)
     with pytest.raises(ValueError, match=r'ModelConfig.z_loss=-1.0 must be a number >= 0'):
         ModelConfig(z_loss=-1.0)
-
-
-def test_qk_norm_needs_its_norm_registered():
-    make = lambda cfg: None
-    make.norm = 'not_a_norm'
-    QK_NORMS['fake'] = make
-    try:
-        with pytest.raises(ValueError, match="ModelConfig.qk_norm='fake' normalizes with the norm 'not_a_norm', which is not registered"):
-            ModelConfig(qk_norm='fake')
-    finally:
-        del QK_NORMS['fake']
 
 
 def test_attention_softcap_is_applied_to_scores():

@@ -11,9 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tinylm.core
-from tinylm.tokenizer import (BPETokenizer, CharTokenizer, DEFAULT_BPE_VOCAB, EOT, GPT2_SPLIT_PATTERN, TOKENIZER_TYPES,
-                              TiktokenTokenizer, Tokenizer, build_tokenizer, count_chunks, gpt2_tokenizer, learn_bpe,
-                              load_tokenizer, tokenizer_from_dict)
+from tinylm.tokenizer import BPETokenizer, CharTokenizer, DEFAULT_BPE_VOCAB, EOT, GPT2_SPLIT_PATTERN, TOKENIZER_TYPES, TiktokenTokenizer, Tokenizer, build_tokenizer, count_chunks, gpt2_tokenizer, learn_bpe, load_tokenizer, tokenizer_from_dict
 
 # Real text that ships with the package: Python source with English docstrings.
 CORPUS = Path(tinylm.core.__file__).read_text(encoding='utf-8')

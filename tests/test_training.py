@@ -7,9 +7,8 @@ import torch
 
 from tinylm.data import TokenDataset
 from tinylm.model import baseline_2017
-from tinylm.training import (TrainConfig, Trainer, TrainingDiverged, evaluate, load_checkpoint, lr_at,
-                             model_from_checkpoint, param_groups, read_metrics, train)
-from tinylm.model import Transformer
+from tinylm.training import TrainConfig, Trainer, TrainingDiverged, evaluate, load_checkpoint, lr_at, model_from_checkpoint, param_groups, read_metrics, train
+from tinylm.model import ModelConfig, Transformer
 
 
 class Bytes:
@@ -152,3 +151,26 @@ def test_evaluate_is_repeatable(data):
     m = Transformer(MODEL)
     a, b = evaluate(m, data, iters=3, batch_size=4), evaluate(m, data, iters=3, batch_size=4)
     assert a == b and math.isfinite(a)
+
+
+def test_checkpoints_of_tinylm_0_1_still_load(tmp_path):
+    "Version 1 had an `attention` config field and QK-norm weights under qk_transform.fns.0: both are upgraded on load."
+    from tinylm.training import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
+    cfg = ModelConfig(vocab_size=30, block_size=16, n_layer=2, d_model=32, n_head=4, n_kv_head=2, qk_norm='rms',
+                      norm_placement='pre', norm='rms', dropout=0.0)
+    torch.manual_seed(0); model = Transformer(cfg).eval()
+    with torch.no_grad(): model.blocks[1].attn.q_norm.weight.normal_()
+    old = {k.replace('.attn.q_norm.', '.attn.qk_transform.fns.0.q_norm.').replace('.attn.k_norm.', '.attn.qk_transform.fns.0.k_norm.'): v
+           for k, v in model.state_dict().items()}
+    assert any('qk_transform.fns.0.q_norm' in k for k in old)
+    torch.save(dict(format=CHECKPOINT_FORMAT, version=1, step=3, model=old, model_config={**cfg.to_dict(), 'attention': 'gqa'},
+                    train_config=None, optimizer=None), tmp_path / 'ckpt.pt')
+    loaded, ckpt = model_from_checkpoint(tmp_path)
+    assert ckpt['version'] == 2 and 'attention' not in ckpt['model_config']
+    idx = torch.randint(0, 30, (2, 10))
+    torch.testing.assert_close(loaded(idx), model(idx))
+    torch.save(dict(format=CHECKPOINT_FORMAT, version=7, step=0, model={}, model_config={}), tmp_path / 'v7.pt')
+    with pytest.raises(ValueError, match='has checkpoint version 7; this tinylm reads versions 1 and 2'):
+        load_checkpoint(tmp_path / 'v7.pt')
+    with pytest.raises(ValueError, match="attention='flash'; tinylm 0.1 knew only 'mha' and 'gqa'"):
+        ModelConfig.from_dict({**cfg.to_dict(), 'attention': 'flash'})

@@ -134,7 +134,7 @@ def prompt_positions(real: Tensor) -> Tensor:
 
 def relative_positions(model: Transformer) -> bool:
     "Whether `model` sees positions only inside attention (RoPE) or not at all, so a rolling KV cache can pass block_size."
-    return getattr(model.pos, 'relative', type(model.pos).embed is PositionScheme.embed)
+    return model.pos.relative   # each PositionScheme declares it (notebook 04)
 
 def can_cache(model: Transformer, prompt_len: int, max_new_tokens: int) -> bool:
     "Whether `generate(..., use_cache=True)` can serve this request: it fits in block_size, or positions are relative."

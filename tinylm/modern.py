@@ -41,7 +41,7 @@ def gpt2(**overrides) -> ModelConfig:
     return baseline_2017(**{**GPT2_FIELDS, **overrides})
 
 # %% ../nbs/14_modern.ipynb #c9b4d935
-MODERN_FIELDS = dict(norm_placement='pre', norm='rms', bias=False, ffn='swiglu', position='rope', attention='gqa',
+MODERN_FIELDS = dict(norm_placement='pre', norm='rms', bias=False, ffn='swiglu', position='rope',
                      tie_embeddings=False, scale_embeddings=False, dropout=0.0)
 
 def modern_kv_heads(n_head: int) -> int:
