@@ -36,7 +36,7 @@ setuptools.setup(
         'Programming Language :: Python :: 3 :: Only',
         'Programming Language :: Python :: ' + cfg['min_python'],
     ],
-    packages=['tinylm'],
+    packages=setuptools.find_packages(include=['tinylm', 'tinylm.*']),
     include_package_data=True,
     python_requires='>=' + cfg['min_python'],
     install_requires=requirements,

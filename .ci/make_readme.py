@@ -1,10 +1,11 @@
 """Write README.md from nbs/index.ipynb without Quarto (nbdev_readme needs it).
 
-Markdown cells are copied; code cells are shown as Python blocks followed by their text output;
+Markdown cells are copied (links to notebooks, relative to nbs/ in the index, get the nbs/ prefix); code cells are shown as Python blocks followed by their text output;
 cells marked `#| hide` or holding an `#| export` are left out and directive lines are dropped.
 `--check` exits 1 if README.md is not what index.ipynb generates.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def render(nb):
     for cell in nb['cells']:
         src = ''.join(cell['source'])
         if cell['cell_type'] == 'markdown':
-            parts.append(src.strip())
+            # the index links notebooks relative to nbs/, where it lives; the README sits one folder up
+            parts.append(re.sub(r'\]\((?!https?:|/|nbs/)([^)]+\.ipynb)\)', r'](nbs/\1)', src.strip()))
             continue
         if cell['cell_type'] != 'code' or {'hide', 'export', 'exports', 'default_exp'} & set(directives(src)):
             continue
