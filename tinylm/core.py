@@ -14,8 +14,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['PEAK_BF16_FLOPS', 'COMMANDS', 'default_device', 'resolve_device', 'autocast_dtype', 'autocast', 'seed_everything',
            'count_params', 'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'atomic_write', 'Registry', 'Command',
-           'config_from_dict', 'parse_assignments', 'device_name', 'git_commit', 'package_version', 'environment_info',
-           'fmt_count']
+           'config_from_dict', 'parse_assignments', 'device_name', 'cpu_model', 'source_root', 'git_commit',
+           'git_diff_hash', 'package_version', 'environment_info', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #61493669
 def default_device() -> str:
@@ -191,7 +191,7 @@ def parse_assignments(cls, assignments: list[str], # strings like 'n_layer=6'
     return out
 
 # %% ../nbs/00_core.ipynb #d7859a02
-import datetime, platform, subprocess
+import datetime, hashlib, importlib.util, platform, subprocess
 
 def device_name(device: str | torch.device) -> str:
     "A human-readable name for `device`: the GPU model, or the CPU with its core count."
@@ -200,14 +200,37 @@ def device_name(device: str | torch.device) -> str:
     if dev.type == 'mps': return 'Apple MPS'
     return f'CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)'
 
-def git_commit(path: str | Path = '.') -> str | None:
-    "The git commit checked out at `path` (with '+dirty' if there are uncommitted changes), or `None`."
+def cpu_model() -> str:
+    "The CPU's model name (from /proc/cpuinfo on Linux, else `platform.processor()`), or 'unknown'."
     try:
-        run = lambda *a: subprocess.run(['git', *a], cwd=path, capture_output=True, text=True, timeout=10)
-        head = run('rev-parse', 'HEAD')
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.machine() or 'unknown'
+
+def _git(path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(['git', *args], cwd=path, capture_output=True, text=True, timeout=10)
+
+def source_root() -> Path:
+    "The folder holding the installed tinylm package: inside the git checkout when installed with `pip install -e`."
+    spec = importlib.util.find_spec('tinylm')
+    return Path(spec.origin).resolve().parent if spec and spec.origin else Path.cwd()
+
+def git_commit(path: str | Path | None = None) -> str | None:
+    "The git commit checked out at `path` (default: the checkout holding tinylm), with '+dirty' if tracked files changed, or `None`."
+    try:
+        head = _git(path or source_root(), 'rev-parse', 'HEAD')
         if head.returncode: return None
-        dirty = run('status', '--porcelain', '--untracked-files=no').stdout.strip()
+        dirty = _git(path or source_root(), 'status', '--porcelain', '--untracked-files=no').stdout.strip()
         return head.stdout.strip() + ('+dirty' if dirty else '')
+    except (OSError, subprocess.SubprocessError): return None
+
+def git_diff_hash(path: str | Path | None = None) -> str | None:
+    "A short sha256 of the uncommitted changes to tracked files (`git diff HEAD`), or `None` for a clean tree or no git."
+    try:
+        diff = _git(path or source_root(), 'diff', 'HEAD', '--no-color')
+        if diff.returncode or not diff.stdout: return None
+        return hashlib.sha256(diff.stdout.encode()).hexdigest()[:16]
     except (OSError, subprocess.SubprocessError): return None
 
 def package_version() -> str:
@@ -217,10 +240,12 @@ def package_version() -> str:
     except PackageNotFoundError: return 'unknown'
 
 def environment_info(device: str | torch.device = 'cpu') -> dict:
-    "Device, versions, git commit and UTC date, for result files."
-    return dict(device=str(torch.device(device)), device_name=device_name(device), torch=torch.__version__,
-                python=platform.python_version(), tinylm=package_version(), git_commit=git_commit(),
+    "Where a result came from: device and CPU model, versions, git commit (and a hash of any uncommitted diff), UTC date."
+    return dict(device=str(torch.device(device)), device_name=device_name(device), cpu=cpu_model(),
+                torch=torch.__version__, python=platform.python_version(), tinylm=package_version(),
+                git_commit=git_commit(), git_diff=git_diff_hash(),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'))
+
 
 # %% ../nbs/00_core.ipynb #b92af013
 def fmt_count(n: float) -> str:

@@ -11,33 +11,39 @@ from typing import Callable
 
 import torch
 
-from .core import COMMANDS, Command, Registry, atomic_write, count_params, environment_info, fmt_count, resolve_device
+from .core import COMMANDS, Command, Registry, atomic_write, count_params, environment_info, fmt_count, git_commit, resolve_device
 from .data import cache_dir, prepare_dataset
 from .tokenizer import corpus_tokenizer
 from .model import MODEL_PRESETS, ModelConfig, model_flops_per_token
-from .training import TrainConfig, Trainer, TrainingDiverged, split_overrides
+from .training import TrainConfig, Trainer, TrainingDiverged, evaluate_split, split_overrides
 
 # %% auto #0
-__all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 'EXPERIMENTS', 'Scale', 'grid', 'combine',
-           'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget', 'run_flops_per_token', 'flops_budget',
-           'steps_per_second', 'seconds_budget', 'results_dir', 'result_path', 'load_result', 'save_result',
-           'fingerprint', 'is_done', 'execute', 'load_data', 'run_experiment', 'final_value', 'summarize', 'describe',
-           'print_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label',
-           'config_value', 'plot_lr_sweep', 'plot_grid', 'Benchmark', 'register_experiment', 'run_benchmark',
-           'find_experiments', 'describe_plan', 'cmd_experiment']
+__all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 'HARNESS_VERSION', 'T_975', 'EXPERIMENTS',
+           'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget',
+           'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir', 'result_path',
+           'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
+           'run_experiment', 'final_value', 'compared_runs', 'summarize', 'describe', 'print_summary', 't_quantile',
+           'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
+           'show_verdicts', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label',
+           'config_value', 'plot_lr_sweep', 'plot_grid', 'plot_tuning', 'Benchmark', 'register_experiment',
+           'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
 class Scale:
-    "One size of every experiment: model dimensions, training recipe, data, seeds and the wall-clock budget."
+    "One size of every experiment: model dimensions, training recipe, data, seeds, LR-tuning grid and wall-clock budget."
     description: str
     model: dict                   # ModelConfig fields: the dimensions
     train: dict                   # TrainConfig fields: steps, batch, lr, evaluation, device
     corpus: str = 'kjv'           # corpus name, file or folder (see `tinylm corpora`)
     tokenizer: str = 'char'       # tokenizer spec ('char', 'bpe:N', 'gpt2', ...)
-    seeds: tuple = (0,)           # one run per seed per variant
+    seeds: tuple = (1, 2, 3)      # the comparison runs: one per seed per variant
     seconds: float = 60.0         # per-run budget when an experiment holds wall-clock time equal
     persist: bool = True          # write result files (tiny results are only for checking the code path)
+    tune_factors: tuple = (0.5, 1.0, 2.0)  # the LR-tuning grid, as multiples of train['lr']
+    tune_seed: int = 0            # the seed of tuning runs, kept apart from the comparison seeds
+    tune_extend: int = 2          # grid points that may be added beyond an edge that came out best
+    final_eval_tokens: int | None = None  # the final loss scores the whole validation split (None) or its first this many tokens
 
 SCALES = Registry('scale')
 SCALES['tiny'] = Scale(
@@ -45,19 +51,19 @@ SCALES['tiny'] = Scale(
     model=dict(n_layer=2, n_head=2, d_model=32, block_size=32),
     train=dict(max_steps=24, batch_size=8, lr=3e-3, warmup_steps=4, eval_interval=12, eval_iters=2, log_interval=4,
                device='cpu', progress=False),
-    seconds=2.0, persist=False)
+    seeds=(1,), seconds=2.0, persist=False, tune_factors=(1.0, 2.0), tune_extend=1, final_eval_tokens=4096)
 SCALES['cpu'] = Scale(
-    'minutes on 2 CPU cores: the main-job model (4 x 128, context 128), 300 steps of 16 x 128 characters',
-    model=dict(n_layer=4, n_head=4, d_model=128, block_size=128),
-    train=dict(max_steps=300, batch_size=16, lr=2e-3, warmup_steps=30, eval_interval=50, eval_iters=10,
-               log_interval=10, device='cpu', progress=False),
-    seeds=(0, 1), seconds=40.0)
+    'minutes on 2 CPU cores: 3 x 64, context 64, 800 steps of 32 x 64 characters (1.6M tokens, 10 per parameter)',
+    model=dict(n_layer=3, n_head=4, d_model=64, block_size=64),
+    train=dict(max_steps=800, batch_size=32, lr=4e-3, warmup_steps=50, eval_interval=100, eval_iters=8,
+               log_interval=20, device='cpu', progress=False),
+    seeds=(1, 2, 3), seconds=60.0)
 SCALES['gpu'] = Scale(
     'minutes on one H100 (bf16, compile): 8 x 512, context 512, Python stdlib with an 8k BPE',
     model=dict(n_layer=8, n_head=8, d_model=512, block_size=512),
     train=dict(max_steps=1500, batch_size=32, lr=1e-3, warmup_steps=150, eval_interval=150, eval_iters=20,
                log_interval=25, device='cuda', compile=True, progress=False),
-    corpus='pystdlib', tokenizer='bpe:8192', seeds=(0, 1), seconds=90.0)
+    corpus='pystdlib', tokenizer='bpe:8192', seeds=(1, 2, 3), seconds=90.0)
 
 EXPERIMENT_BASE = dict(dropout=0.0, tie_embeddings=False)  # what every experiment changes in baseline_2017
 
@@ -83,18 +89,19 @@ def log_range(lo: float, hi: float, per_decade: int = 2) -> list[float]:
     return [float(f'{lo * (hi / lo) ** (i / n):.3g}') for i in range(n + 1)] if n else [lo]
 
 # %% ../nbs/06_experiments.ipynb #54c807d5
-SCALE_KEYS = frozenset({'seeds', 'seconds'})  # per-scale settings that are not config fields
+SCALE_KEYS = frozenset({'seeds', 'seconds', 'tune_factors'})  # per-scale settings that are not config fields
 
 @dataclass
 class Experiment:
-    "A named comparison: variants (overrides of one base) x seeds, trained at an equal budget."
+    "A named comparison: variants (overrides of one base) x seeds, trained at an equal budget, optionally each at its own best LR."
     name: str                      # result file stem, e.g. '07_prenorm_grid'
     variants: dict                 # variant name -> overrides (ModelConfig / TrainConfig fields, or 'preset')
     description: str = ''          # the claim it tests, with its source
     base: dict = field(default_factory=lambda: dict(EXPERIMENT_BASE))  # overrides shared by all variants
     budget: str = 'tokens'         # what is held equal: 'tokens', 'flops' or 'seconds'
-    reference: str | None = None   # the variant whose FLOPs set a 'flops' budget (default: the first)
-    scales: dict = field(default_factory=dict)  # scale -> overrides for that scale only (fields, 'seeds', 'seconds')
+    reference: str | None = None   # the variant the others are compared with (and whose FLOPs set a 'flops' budget); default: the first
+    tune_lr: bool = False          # compare each variant at its own best LR: a tuning sweep first, then the seeds at the best
+    scales: dict = field(default_factory=dict)  # scale -> overrides for that scale only (fields, 'seeds', 'seconds', 'tune_factors')
     probes: dict = field(default_factory=dict)  # name -> fn(trainer) -> float, recorded at every evaluation
     notebook: str | None = None    # the notebook that explains it, e.g. '07_prenorm'
 
@@ -107,19 +114,29 @@ class Experiment:
         for scale, over in self.scales.items():
             SCALES.check(scale, f'Experiment {self.name!r}: scales key')
             split_overrides({k: v for k, v in over.items() if k not in SCALE_KEYS}, f'Experiment {self.name!r} scale {scale!r}')
-        for vname, over in self.variants.items(): split_overrides(over, f'Experiment {self.name!r} variant {vname!r}')
+            if 'tune_factors' in over and not (over['tune_factors'] and all(f > 0 for f in over['tune_factors'])):
+                raise ValueError(f"Experiment {self.name!r} scale {scale!r}: tune_factors={over['tune_factors']!r} must be positive multiples of the scale's lr")
+        for vname, over in self.variants.items():
+            split_overrides(over, f'Experiment {self.name!r} variant {vname!r}')
+            if self.tune_lr and 'lr' in over:
+                raise ValueError(f"Experiment {self.name!r} variant {vname!r} sets lr={over['lr']!r}, but tune_lr=True chooses each "
+                                 "variant's LR; drop the lr override, or set tune_lr=False to compare at fixed LRs")
+    @property
+    def ref(self) -> str: return self.reference or next(iter(self.variants))
 
 # %% ../nbs/06_experiments.ipynb #f25fc1d9
 @dataclass
 class RunSpec:
-    "One planned training run: a variant of an experiment with one seed."
+    "One planned training run: a variant of an experiment with one seed, in the tuning or the comparison stage."
     variant: str
     seed: int
     overrides: dict
     model: ModelConfig
     train: TrainConfig
+    stage: str = 'compare'         # 'tune' (one seed per LR of the sweep) or 'compare' (the seeds that are compared)
     @property
-    def key(self) -> str: return f'{self.variant}/seed={self.seed}'
+    def key(self) -> str:
+        return f'{self.variant}/lr={self.train.lr:g}/seed={self.seed}' if self.stage == 'tune' else f'{self.variant}/seed={self.seed}'
     @property
     def tokens_per_step(self) -> int: return self.train.batch_size * self.context * self.train.grad_accum
     @property
@@ -128,6 +145,8 @@ class RunSpec:
 def plan(exp: Experiment, scale: str = 'tiny', vocab_size: int = 256, # the data's vocabulary
          device: str | None = None, # override the scale's device
          seeds: tuple | None = None, # override the seeds
+         lrs: dict | None = None, # variant -> learning rate (the tuning stage's choice, or a sweep point)
+         stage: str = 'compare', # what the runs are for: 'compare' or 'tune'
         ) -> list[RunSpec]:
     "The runs of `exp` at `scale`, before the budget is applied: one per variant and seed."
     sc, per_scale = SCALES[scale], exp.scales.get(scale, {})
@@ -135,11 +154,13 @@ def plan(exp: Experiment, scale: str = 'tiny', vocab_size: int = 256, # the data
     shared = {**exp.base, **{k: v for k, v in per_scale.items() if k not in SCALE_KEYS}}
     specs = []
     for vname, over in exp.variants.items():
+        if lrs is not None and vname not in lrs: continue
         preset, m, t = split_overrides({**shared, **over}, f'variant {vname!r}')
         mcfg = MODEL_PRESETS[preset or 'baseline_2017'](**{**sc.model, **m, 'vocab_size': vocab_size})
+        lr = {'lr': lrs[vname]} if lrs is not None else {}
         for seed in seeds:
-            tcfg = TrainConfig(**{**sc.train, **t, 'seed': seed, **({'device': device} if device else {})})
-            specs.append(RunSpec(vname, seed, over, mcfg, tcfg))
+            tcfg = TrainConfig(**{**sc.train, **t, **lr, 'seed': seed, **({'device': device} if device else {})})
+            specs.append(RunSpec(vname, seed, over, mcfg, tcfg, stage))
     return specs
 
 # %% ../nbs/06_experiments.ipynb #735f3b6e
@@ -155,7 +176,7 @@ def run_flops_per_token(spec: RunSpec) -> int: return model_flops_per_token(spec
 @BUDGETS.register('flops')
 def flops_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> list[RunSpec]:
     "Every run gets the training FLOPs of the reference variant at the planned steps."
-    ref = next(s for s in specs if s.variant == (exp.reference or specs[0].variant))
+    ref = next(s for s in plan(exp, scale, data.vocab_size, seeds=(0,)) if s.variant == exp.ref)
     total = run_flops_per_token(ref) * ref.tokens_per_step * ref.train.max_steps
     for s in specs: s.train = s.train.replace(max_steps=max(1, round(total / (run_flops_per_token(s) * s.tokens_per_step))))
     return specs
@@ -208,44 +229,57 @@ def save_result(result: dict, path: str | Path) -> Path:
     return path
 
 # %% ../nbs/06_experiments.ipynb #eccd7082
+HARNESS_VERSION = 2  # bumped when what a run measures changes (2: fixed eval windows, whole-split final loss)
+
 def fingerprint(spec: RunSpec, budget: str) -> dict:
-    "The configs that identify a run (the step count is left out under a 'seconds' budget)."
+    "The configs that identify a run, and the harness version (the step count is left out under a 'seconds' budget)."
     train = spec.train.to_dict()
     for k in ('progress', 'device') + (('max_steps', 'max_seconds') if budget == 'seconds' else ()): train.pop(k)
-    return dict(model=spec.model.to_dict(), train=train)
+    return dict(model=spec.model.to_dict(), train=train, harness=HARNESS_VERSION)
 
 def is_done(result: dict, spec: RunSpec, budget: str) -> bool:
-    "Whether `result` already holds a finished run (ok or diverged) made exactly as `spec` asks."
+    "Whether `result` already holds a finished run (ok or diverged) made exactly as `spec` asks, by this harness."
     run = result.get('runs', {}).get(spec.key)
     if not run or run['status'] not in ('ok', 'diverged'): return False
     stored = dict(run['fingerprint'], model=ModelConfig.from_dict(run['fingerprint']['model']).to_dict())  # older files too
     return stored == fingerprint(spec, budget)
 
 # %% ../nbs/06_experiments.ipynb #0aeea75e
-def _final(records: list[dict], trainer: Trainer) -> dict:
+def _final(records: list[dict], trainer: Trainer, full: dict | None) -> dict:
     train = [r['train_loss'] for r in records if 'train_loss' in r]
     val = [r['val_loss'] for r in records if 'val_loss' in r]
-    return dict(train_loss=train[-1] if train else None, val_loss=val[-1] if val else None,
-                min_val_loss=min(val) if val else None, steps=trainer.step, tokens=trainer.tokens,
-                elapsed_s=round(trainer.elapsed, 3), tokens_per_s=round(trainer.tokens / trainer.elapsed, 1) if trainer.elapsed else None)
+    return dict(val_loss=full['loss'] if full else None,            # the whole validation split
+                val_loss_se=full['se'] if full else None, val_tokens=full['tokens'] if full else None,
+                sample_val_loss=val[-1] if val else None,           # the last periodic evaluation (fixed windows)
+                min_sample_val_loss=min(val) if val else None, train_loss=train[-1] if train else None,
+                steps=trainer.step, tokens=trainer.tokens, elapsed_s=round(trainer.elapsed, 3),
+                tokens_per_s=round(trainer.tokens / trainer.elapsed, 1) if trainer.elapsed else None)
 
 def execute(spec: RunSpec, data, budget: str = 'tokens', probes: dict | None = None,
-            runs_dir: str | Path | None = None, progress: bool = False) -> dict:
-    "Train one planned run and return its result record (status 'ok' or 'diverged')."
+            runs_dir: str | Path | None = None, progress: bool = False,
+            final_eval_tokens: int | None = None, # score only this many validation tokens at the end (None: the whole split)
+           ) -> dict:
+    "Train one planned run, score it on the whole validation split, and return its result record (status 'ok' or 'diverged')."
     fp = fingerprint(spec, budget)
     out = None
     if runs_dir is not None:
         out = Path(runs_dir) / hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
     trainer = Trainer(spec.model, spec.train.replace(progress=progress), data, out, probes=probes)
-    status, error = 'ok', None
+    status, error, full = 'ok', None, None
     try: trainer.fit(resume=out is not None)
     except TrainingDiverged as e: status, error = 'diverged', str(e)
+    if status == 'ok':
+        t0 = time.perf_counter()
+        full = evaluate_split(trainer.model, data, 'val', trainer.block_size, 4 * spec.train.batch_size, trainer.device,
+                              trainer.dtype, max_tokens=final_eval_tokens)
+        full['seconds'] = round(time.perf_counter() - t0, 3)
     fpt = run_flops_per_token(spec)
-    run = dict(variant=spec.variant, seed=spec.seed, overrides=spec.overrides, status=status, error=error,
+    run = dict(variant=spec.variant, seed=spec.seed, stage=spec.stage, overrides=spec.overrides, status=status, error=error,
                fingerprint=fp, model_config=spec.model.to_dict(), train_config=spec.train.to_dict(),
                params=count_params(trainer.model), flops_per_token=fpt,
                budget=dict(tokens=trainer.tokens, flops=fpt * trainer.tokens, seconds=round(trainer.elapsed, 3)),
-               final=_final(trainer.records, trainer), curves=trainer.records, environment=environment_info(trainer.device))
+               final=_final(trainer.records, trainer, full), val_split=full, curves=trainer.records,
+               environment=environment_info(trainer.device))
     if out is not None and status == 'ok': shutil.rmtree(out, ignore_errors=True)  # the result file has everything now
     return run
 
@@ -256,40 +290,96 @@ def load_data(scale: str):
     tok = corpus_tokenizer(sc.tokenizer, sc.corpus)
     return tok, prepare_dataset(sc.corpus, tok)
 
+def _r3(x: float) -> float: return float(f'{x:.3g}')
+
+def tuning_grid(exp: Experiment, scale: str, vocab_size: int = 256) -> list[float]:
+    "The starting LR grid of a tuned experiment at `scale`: the scale's `tune_factors` times the LR its runs would get."
+    factors = exp.scales.get(scale, {}).get('tune_factors', SCALES[scale].tune_factors)
+    center = plan(exp, scale, vocab_size, seeds=(0,))[0].train.lr
+    return sorted({_r3(center * f) for f in factors})
+
+def choose_lr(losses: dict[float, float | None]) -> float | None:
+    "The LR with the lowest final loss (`None` for a diverged run), or `None` if every run diverged."
+    ok = {lr: v for lr, v in losses.items() if v is not None and math.isfinite(v)}
+    return min(ok, key=ok.get) if ok else None
+
+def _extend(grid: list[float], best: float) -> float | None:
+    "The next grid point beyond the edge `best` sits on, at the grid's own spacing (None if `best` is interior)."
+    step = (grid[1] / grid[0]) if len(grid) > 1 else 2.0
+    if best == grid[-1]: return _r3(grid[-1] * (grid[-1] / grid[-2] if len(grid) > 1 else step))
+    if best == grid[0]: return _r3(grid[0] / step)
+    return None
+
 def run_experiment(exp: Experiment, scale: str = 'tiny', *,
                    results: str | Path | None = None, # folder for the result file (default `results_dir()`)
                    force: bool = False, # re-run runs that are already in the result file
                    device: str | None = None, # override the scale's device
-                   seeds: tuple | None = None, # override the seeds
+                   seeds: tuple | None = None, # override the comparison seeds
                    runs_dir: str | Path | None = None, # keep checkpoints here so interrupted runs resume
                    progress: bool = False, # a progress bar per run
                    verbose: bool = True, # one line per run
                   ) -> dict:
-    "Run every variant x seed of `exp` at `scale` that is not already done; return the result dict."
+    "Run every run of `exp` at `scale` that is not already done (the LR tuning stage first if `exp.tune_lr`); return the result dict."
     sc = SCALES[scale]
     if device is not None or 'device' in sc.train: resolve_device(device or sc.train['device'])  # fail early
     tok, data = load_data(scale)
-    specs = plan(exp, scale, tok.vocab_size, device, seeds)
     path = result_path(exp.name, scale, results) if sc.persist else None
     result = json.loads(path.read_text()) if path is not None and path.exists() else {}
     result.update(experiment=exp.name, notebook=exp.notebook, description=exp.description, scale=scale,
-                  budget=exp.budget, data=dict(corpus=sc.corpus, tokenizer=tok.name, vocab_size=tok.vocab_size,
+                  budget=exp.budget, reference=exp.ref, tune_lr=exp.tune_lr,
+                  data=dict(corpus=sc.corpus, tokenizer=tok.name, vocab_size=tok.vocab_size,
                   train_tokens=data.n_tokens('train'), val_tokens=data.n_tokens('val')), variants=list(exp.variants))
     result.setdefault('runs', {})
-    todo = [s for s in specs if force or not is_done(result, s, exp.budget)]
-    if verbose: print(f'{exp.name} at {scale} scale: {len(specs)} runs, {len(specs) - len(todo)} already done')
-    if todo: todo = BUDGETS[exp.budget](todo, exp, scale, data)
-    for i, spec in enumerate(todo):
-        t0 = time.perf_counter()
-        run = execute(spec, data, exp.budget, exp.probes, runs_dir, progress)
-        result['runs'][spec.key] = run
-        result['environment'] = run['environment']
-        if path is not None: save_result(result, path)
+    if path is not None and (commit := git_commit()) and commit.endswith('+dirty') and verbose:
+        print(f'warning: the tinylm checkout has uncommitted changes ({commit[:12]}+dirty): commit first, then run, '
+              'so the result file names a commit that holds the code that ran')
+    kept, ran = [], set()
+
+    def run_all(specs: list[RunSpec], what: str) -> list[dict]:
+        if exp.budget != 'seconds': specs = BUDGETS[exp.budget](specs, exp, scale, data)  # before is_done: steps are in the fingerprint
+        todo = [s for s in specs if s.key not in ran and (force or not is_done(result, s, exp.budget))]
+        if verbose: print(f'{exp.name} at {scale} scale, {what}: {len(specs)} runs, {len(specs) - len(todo)} already done')
+        if todo and exp.budget == 'seconds': todo = seconds_budget(todo, exp, scale, data)
+        for i, spec in enumerate(todo):
+            t0 = time.perf_counter()
+            run = execute(spec, data, exp.budget, exp.probes, runs_dir, progress, sc.final_eval_tokens)
+            result['runs'][spec.key] = run; ran.add(spec.key)
+            result['environment'] = run['environment']
+            if path is not None: save_result(result, path)
+            if verbose:
+                f = run['final']; val = f'{f["val_loss"]:.4f}' if f['val_loss'] is not None else '-'
+                print(f'  [{i + 1}/{len(todo)}] {spec.key}: {run["status"]}, val {val}, {f["steps"]} steps, '
+                      f'{fmt_count(f["tokens"])} tokens, {time.perf_counter() - t0:.1f} s')
+        kept.extend(s.key for s in specs if s.key not in kept)
+        return [result['runs'][s.key] for s in specs]
+
+    lrs = None
+    if exp.tune_lr:
+        grids = {v: tuning_grid(exp, scale, tok.vocab_size) for v in exp.variants}
+        extended, pending, tuning = {v: 0 for v in exp.variants}, set(exp.variants), {}
+        while pending:
+            specs = [s for lr in sorted({lr for v in pending for lr in grids[v]})
+                     for s in plan(exp, scale, tok.vocab_size, device, (sc.tune_seed,), {v: lr for v in pending if lr in grids[v]}, 'tune')]
+            runs = run_all(specs, 'LR tuning' + (f' (grid extended for {", ".join(sorted(pending))})' if any(extended.values()) else ''))
+            for v in list(pending):
+                losses = {r['train_config']['lr']: (r['final']['val_loss'] if r['status'] == 'ok' else None) for r in runs if r['variant'] == v}
+                losses = {lr: losses[lr] for lr in grids[v]}
+                best = choose_lr(losses)
+                nxt = _extend(grids[v], best) if best is not None else None
+                if nxt is not None and extended[v] < SCALES[scale].tune_extend:
+                    grids[v] = sorted(grids[v] + [nxt]); extended[v] += 1
+                    continue
+                pending.discard(v)
+                tuning[v] = dict(lrs=grids[v], val_loss=[losses[lr] for lr in grids[v]], best_lr=best,
+                                 at_edge=best is not None and best in (grids[v][0], grids[v][-1]))
+        result['tuning'] = {v: tuning[v] for v in exp.variants}
+        lrs = {v: t['best_lr'] for v, t in result['tuning'].items() if t['best_lr'] is not None}
         if verbose:
-            f = run['final']; val = f'{f["val_loss"]:.4f}' if f['val_loss'] is not None else '-'
-            print(f'  [{i + 1}/{len(todo)}] {spec.key}: {run["status"]}, val {val}, {f["steps"]} steps, '
-                  f'{fmt_count(f["tokens"])} tokens, {time.perf_counter() - t0:.1f} s')
-    result['runs'] = {s.key: result['runs'][s.key] for s in specs}  # plan order; drops runs no longer planned
+            print('  chosen LRs: ' + ', '.join(f"{v} {t['best_lr']:g}" + (' (grid edge)' if t['at_edge'] else '') if t['best_lr'] else f'{v} all diverged'
+                                           for v, t in result['tuning'].items()))
+    else: result.pop('tuning', None)
+    run_all(plan(exp, scale, tok.vocab_size, device, seeds, lrs), 'comparison')
+    result['runs'] = {k: result['runs'][k] for k in kept}  # plan order; drops runs no longer planned
     if path is not None: save_result(result, path)
     return result
 
@@ -303,11 +393,14 @@ def final_value(run: dict, metric: str = 'val_loss'):
     if run['final'].get(metric) is not None: return run['final'][metric]
     return next((r[metric] for r in reversed(run['curves']) if r.get(metric) is not None), None)
 
+def compared_runs(result: dict) -> list[dict]:
+    "The runs that are compared: all of them, less the LR-tuning stage of a tuned experiment."
+    return [r for r in result['runs'].values() if r.get('stage', 'compare') == 'compare']
+
 def summarize(result: dict, metric: str = 'val_loss') -> dict[str, dict]:
-    "Per variant: seeds, mean and sd of the final `metric`, its per-seed values, tokens/s, params and divergences."
+    "Per variant (comparison runs): seeds, mean and sd of the final `metric`, per-seed values, LR, tokens/s, params, divergences."
     out = {}
-    for run in result['runs'].values():
-        out.setdefault(run['variant'], []).append(run)
+    for run in compared_runs(result): out.setdefault(run['variant'], []).append(run)
     rows = {}
     for v, runs in out.items():
         ok = [r for r in runs if r['status'] == 'ok']
@@ -315,25 +408,113 @@ def summarize(result: dict, metric: str = 'val_loss') -> dict[str, dict]:
         mean, sd = _mean_sd(vals)
         tps, _ = _mean_sd([r['final']['tokens_per_s'] for r in ok if r['final'].get('tokens_per_s')])
         rows[v] = dict(seeds=len(runs), mean=mean, sd=sd, values=vals, diverged=len(runs) - len(ok),
-                       tokens_per_s=tps, params=runs[0]['params']['total'], steps=runs[0]['final']['steps'])
+                       lr=runs[0]['train_config']['lr'], tokens_per_s=tps, params=runs[0]['params']['total'],
+                       steps=runs[0]['final']['steps'])
     return rows
 
 def describe(result: dict) -> str:
-    "One line saying what a result is: experiment, scale, device, git commit."
+    "One line saying what a result is: experiment, scale, device and CPU, torch, git commit."
     env = result.get('environment', {})
-    return (f"{result['experiment']} at {result['scale']} scale on {env.get('device_name', '?')}, "
-            f"torch {env.get('torch', '?')}, commit {str(env.get('git_commit'))[:12]}")
+    cpu = f" ({env['cpu']})" if env.get('cpu') and not str(env.get('device', 'cpu')).startswith('cuda') else ''
+    diff = f" + diff {env['git_diff']}" if env.get('git_diff') else ''
+    return (f"{result['experiment']} at {result['scale']} scale on {env.get('device_name', '?')}{cpu}, "
+            f"torch {env.get('torch', '?')}, commit {str(env.get('git_commit'))[:12]}{diff}")
 
 def print_summary(result: dict, metric: str = 'val_loss') -> None:
     "Print `summarize` as a table, best variant first."
     rows = summarize(result, metric)
     print(describe(result))
-    print(f"{'variant':<32} {metric:>10} {'± sd':>7} {'seeds':>5} {'div':>4} {'params':>8} {'steps':>6} {'tok/s':>8}")
+    print(f"{'variant':<32} {metric:>10} {'± sd':>7} {'seeds':>5} {'div':>4} {'lr':>7} {'params':>8} {'steps':>6} {'tok/s':>8}")
     for v, r in sorted(rows.items(), key=lambda kv: (kv[1]['mean'] is None, kv[1]['mean'] or 0)):
         m = f"{r['mean']:.4f}" if r['mean'] is not None else ('diverged' if r['diverged'] else 'n/a')
         sd = f"{r['sd']:.4f}" if r['sd'] is not None else ''
         tps = fmt_count(r['tokens_per_s']) if r['tokens_per_s'] else '-'
-        print(f"{v:<32} {m:>10} {sd:>7} {r['seeds']:>5} {r['diverged']:>4} {fmt_count(r['params']):>8} {r['steps']:>6} {tps:>8}")
+        print(f"{v:<32} {m:>10} {sd:>7} {r['seeds']:>5} {r['diverged']:>4} {r['lr']:>7.3g} {fmt_count(r['params']):>8} {r['steps']:>6} {tps:>8}")
+
+# %% ../nbs/06_experiments.ipynb #f38780e6
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+def t_quantile(df: int) -> float:
+    "The two-sided 95% multiplier of Student's t with `df` degrees of freedom (table to 30, Cornish-Fisher beyond)."
+    if not isinstance(df, int) or df < 1: raise ValueError(f'df={df!r} must be a positive integer')
+    if df <= len(T_975): return T_975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+def mean_interval(xs: list[float]) -> dict:
+    "Mean of `xs` with its 95% t-interval: n, mean, sd, lo, hi (lo and hi are `None` for fewer than two values)."
+    xs = [float(x) for x in xs]
+    if not xs: return dict(n=0, mean=None, sd=None, lo=None, hi=None)
+    mean, sd = _mean_sd(xs)
+    if len(xs) < 2: return dict(n=1, mean=mean, sd=None, lo=None, hi=None)
+    half = t_quantile(len(xs) - 1) * sd / math.sqrt(len(xs))
+    return dict(n=len(xs), mean=mean, sd=sd, lo=mean - half, hi=mean + half)
+
+def verdict(lo: float | None, hi: float | None, below: str = 'better', above: str = 'worse') -> str:
+    "The rule: `below` if the whole interval is under 0, `above` if it is over 0, else 'not separable' (or 'one seed')."
+    if lo is None or hi is None: return 'fewer than two pairs: no interval'
+    return below if hi < 0 else above if lo > 0 else 'not separable'
+
+def _by_seed(result: dict, variant: str, metric: str) -> dict[int, float]:
+    return {r['seed']: x for r in compared_runs(result)
+            if r['variant'] == variant and r['status'] == 'ok' and (x := final_value(r, metric)) is not None}
+
+def paired_difference(result: dict, variant: str, reference: str | None = None, metric: str = 'val_loss') -> dict:
+    "`variant` minus `reference` in final `metric`, paired by seed (same data order), with its 95% interval and verdict."
+    reference = reference or result.get('reference') or result['variants'][0]
+    for v in (variant, reference):
+        if v not in result['variants']: raise ValueError(f"{v!r} is not a variant of {result['experiment']}: {', '.join(result['variants'])}")
+    a, b = _by_seed(result, variant, metric), _by_seed(result, reference, metric)
+    seeds = sorted(set(a) & set(b))
+    ci = mean_interval([a[s] - b[s] for s in seeds])
+    return dict(ci, variant=variant, reference=reference, metric=metric, seeds=seeds,
+                unpaired=sorted(set(a) ^ set(b)), verdict=verdict(ci['lo'], ci['hi']))
+
+def ratio_interval(a: list[float], b: list[float], below: str = 'faster', above: str = 'slower') -> dict:
+    "Ratio a/b of paired positive measurements (interleaved timings) as a geometric mean with its 95% interval and verdict."
+    if len(a) != len(b) or not a: raise ValueError(f'ratio_interval needs two equal, non-empty lists of paired values, got {len(a)} and {len(b)}')
+    if min(a + b) <= 0: raise ValueError('ratio_interval needs positive values (times or rates)')
+    ci = mean_interval([math.log(x / y) for x, y in zip(a, b)])
+    ex = lambda v: None if v is None else math.exp(v)
+    return dict(n=ci['n'], ratio=ex(ci['mean']), lo=ex(ci['lo']), hi=ex(ci['hi']),
+                verdict=verdict(ci['lo'], ci['hi'], below, above))
+
+def verdicts(result: dict, reference: str | None = None, metric: str = 'val_loss') -> dict[str, dict]:
+    "`paired_difference` of every other variant against `reference` (default: the experiment's)."
+    reference = reference or result.get('reference') or result['variants'][0]
+    return {v: paired_difference(result, v, reference, metric) for v in result['variants'] if v != reference}
+
+def _f(x, d=4, sign=False) -> str: return '–' if x is None else f'{x:+.{d}f}' if sign else f'{x:.{d}f}'
+
+def verdict_table(result: dict, reference: str | None = None, metric: str = 'val_loss', variants: list[str] | None = None) -> str:
+    "A markdown table: per variant its LR, mean ± sd of the final `metric` over seeds, and the paired difference to `reference` with its 95% interval and verdict."
+    reference = reference or result.get('reference') or result['variants'][0]
+    rows, vs = summarize(result, metric), verdicts(result, reference, metric)
+    tuned = result.get('tuning', {})
+    lines = [f'| variant | LR | {metric} (mean ± sd) | seeds | Δ vs {reference} | 95% interval | verdict |', '|---|---|---|---|---|---|---|']
+    for v in variants or result['variants']:
+        if v not in rows: continue
+        r = rows[v]
+        lr = f"{r['lr']:g}" + (' (edge)' if tuned.get(v, {}).get('at_edge') else '')
+        loss = f"{_f(r['mean'])} ± {_f(r['sd'])}" if r['mean'] is not None else 'diverged'
+        n = f"{len(r['values'])}" + (f" ({r['diverged']} diverged)" if r['diverged'] else '')
+        if v == reference: lines.append(f'| **{v}** | {lr} | {loss} | {n} | (reference) | | |')
+        else:
+            d = vs[v]
+            ci = f"[{_f(d['lo'], sign=True)}, {_f(d['hi'], sign=True)}]" if d['lo'] is not None else '–'
+            lines.append(f"| {v} | {lr} | {loss} | {n} | {_f(d['mean'], sign=True)} | {ci} | {d['verdict']} |")
+    return '\n'.join(lines)
+
+def show_verdicts(result: dict, reference: str | None = None, metric: str = 'val_loss', variants: list[str] | None = None):
+    "Display `verdict_table` as markdown in a notebook (printed elsewhere), under a line saying what the result is."
+    text = f'{describe(result)}\n\n' + verdict_table(result, reference, metric, variants)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+        if get_ipython() is not None: return display(Markdown(text))
+    except ImportError: pass
+    print(text)
 
 # %% ../nbs/06_experiments.ipynb #3d203de4
 def axes_or_new(ax=None, figsize=(6, 3.6)):
@@ -348,9 +529,9 @@ def plot_title(result: dict, what: str) -> str:
     return f"{what}\n{result['experiment']}, {result['scale']} scale, {env.get('device_name', '?')}"
 
 def runs_by_variant(result: dict, variants=None) -> dict[str, list[dict]]:
-    "The runs of `result` grouped by variant (in `variants` order, if given)."
+    "The comparison runs of `result` grouped by variant (in `variants` order, if given)."
     out = {}
-    for run in result['runs'].values(): out.setdefault(run['variant'], []).append(run)
+    for run in compared_runs(result): out.setdefault(run['variant'], []).append(run)
     return {v: out[v] for v in (variants or out) if v in out}
 
 def plot_curves(result: dict, x: str = 'tokens', # 'tokens', 'step' or 'elapsed_s' (training seconds)
@@ -406,8 +587,8 @@ def plot_lr_sweep(result: dict, key: str = 'lr', metric: str = 'val_loss', ax=No
     "Final `metric` against the swept `key` (log x), one line per group of the other overrides; diverged runs as x."
     ax = axes_or_new(ax)
     groups = {}
-    for run in result['runs'].values(): groups.setdefault(group_label(run, key), []).append(run)
-    finite = [x for r in result['runs'].values() if r['status'] == 'ok' and (x := final_value(r, metric)) is not None]
+    for run in compared_runs(result): groups.setdefault(group_label(run, key), []).append(run)
+    finite = [x for r in compared_runs(result) if r['status'] == 'ok' and (x := final_value(r, metric)) is not None]
     top = max(finite) if finite else 1.0
     for g, runs in groups.items():
         by_x = {}
@@ -427,7 +608,7 @@ def plot_grid(result: dict, row: str, col: str, metric: str = 'val_loss', ax=Non
     "Heat map of the seed-mean final `metric` over two swept keys (runs matching `where` only); 'div' marks divergence."
     import numpy as np
     ax = axes_or_new(ax, figsize=(4.5, 3.6))
-    runs = [r for r in result['runs'].values() if all(r['overrides'].get(k) == v for k, v in (where or {}).items())]
+    runs = [r for r in compared_runs(result) if all(r['overrides'].get(k) == v for k, v in (where or {}).items())]
     rows, cols = sorted({config_value(r, row) for r in runs}), sorted({config_value(r, col) for r in runs})
     cell = {}
     for r in runs: cell.setdefault((config_value(r, row), config_value(r, col)), []).append(r)
@@ -445,6 +626,28 @@ def plot_grid(result: dict, row: str, col: str, metric: str = 'val_loss', ax=Non
     ax.figure.colorbar(im, ax=ax, label=f"final {metric.replace('_', ' ')}")
     label = ', '.join(f'{k}={_fmt(v)}' for k, v in (where or {}).items())
     ax.set_title(plot_title(result, f'{metric}' + (f' ({label})' if label else '')), fontsize=9)
+    return ax
+
+# %% ../nbs/06_experiments.ipynb #6839a574
+def plot_tuning(result: dict, metric: str = 'val_loss', ax=None):
+    "The LR-tuning stage: final `metric` against LR per variant (tuning seed; x = diverged), and the comparison seeds' mean ± sd at the chosen LR."
+    ax = axes_or_new(ax)
+    tuning, rows = result.get('tuning'), summarize(result, metric)
+    if not tuning: raise ValueError(f"{result['experiment']} has no tuning stage (its Experiment has tune_lr=False); plot_lr_sweep draws fixed-LR sweeps")
+    vals = [x for t in tuning.values() for x in t['val_loss'] if x is not None]
+    top = max(vals) if vals else 1.0
+    for v, t in tuning.items():
+        ok = [(lr, x) for lr, x in zip(t['lrs'], t['val_loss']) if x is not None]
+        line, = ax.plot([p[0] for p in ok], [p[1] for p in ok], 'o--', ms=4, lw=1, label=f'{v} (tuning seed)')
+        bad = [lr for lr, x in zip(t['lrs'], t['val_loss']) if x is None]
+        if bad: ax.plot(bad, [top * 1.01] * len(bad), 'x', color=line.get_color(), ms=8, mew=2)
+        if v in rows and rows[v]['mean'] is not None:
+            ax.errorbar([t['best_lr']], [rows[v]['mean']], yerr=[rows[v]['sd'] or 0], fmt='s', color=line.get_color(), ms=6, capsize=3)
+    ax.set_xscale('log'); ax.set_xlabel('peak learning rate')
+    ax.set_ylabel(f"final {metric.replace('_', ' ')}" + (' (nats/token)' if metric.endswith('loss') else ''))
+    seeds = max((len(r["values"]) for r in rows.values()), default=0)
+    ax.set_title(plot_title(result, f"LR tuning (squares: mean ± sd of {seeds} seeds at the chosen LR)"), fontsize=9)
+    ax.legend(fontsize=7); ax.grid(alpha=0.3)
     return ax
 
 # %% ../nbs/06_experiments.ipynb #bf1025b7
@@ -490,10 +693,21 @@ def find_experiments(query: str) -> list[Experiment | Benchmark]:
 # %% ../nbs/06_experiments.ipynb #772d73d9
 def describe_plan(exp: Experiment, scale: str, vocab_size: int, data=None, device: str | None = None) -> list[str]:
     "One line per planned run: steps, tokens and FLOPs under the experiment's budget ('seconds' is timed at run time)."
-    specs = plan(exp, scale, vocab_size, device)
-    if exp.budget != 'seconds': specs = BUDGETS[exp.budget](specs, exp, scale, data)
-    return [f'{s.key}: {s.train.max_steps} steps x {s.tokens_per_step} tokens = {fmt_count(s.train.max_steps * s.tokens_per_step)} tokens, '
-            f'{fmt_count(run_flops_per_token(s) * s.train.max_steps * s.tokens_per_step)} FLOPs, lr {s.train.lr:g}' for s in specs]
+    def lines(specs):
+        if exp.budget == 'flops': specs = flops_budget(specs, exp, scale, data if data is not None else _Vocab(vocab_size))
+        return [f'{s.key}: {s.train.max_steps} steps x {s.tokens_per_step} tokens = {fmt_count(s.train.max_steps * s.tokens_per_step)} tokens, '
+                f'{fmt_count(run_flops_per_token(s) * s.train.max_steps * s.tokens_per_step)} FLOPs, lr {s.train.lr:g}' for s in specs]
+    if not exp.tune_lr: return lines(plan(exp, scale, vocab_size, device))
+    grid, sc = tuning_grid(exp, scale, vocab_size), SCALES[scale]
+    tune = [s for lr in grid for s in plan(exp, scale, vocab_size, device, (sc.tune_seed,), {v: lr for v in exp.variants}, 'tune')]
+    seeds = exp.scales.get(scale, {}).get('seeds', sc.seeds)
+    return (['LR tuning (one seed per LR; a grid edge that comes out best is extended up to '
+             f'{sc.tune_extend} more steps):'] + lines(tune) +
+            [f'then per variant, at its best LR: {len(seeds)} seeds ({", ".join(map(str, seeds))}), '
+             f'{len(seeds) * len(exp.variants)} runs of the same length'])
+
+class _Vocab:  # stands in for the data when only the vocabulary size is known
+    def __init__(self, vocab_size): self.vocab_size = vocab_size
 
 def cmd_experiment(args) -> int:
     "Run the experiments of a notebook (or named ones) at a scale and write their result files."

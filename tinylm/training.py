@@ -8,7 +8,9 @@ import dataclasses, json, math, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn, Tensor
 from tqdm import tqdm
 
@@ -19,9 +21,9 @@ from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_toke
 # %% auto #0
 __all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'MODEL_FIELDS', 'TRAIN_FIELDS', 'TrainConfig',
            'validate_train', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules',
-           'param_groups', 'make_optimizer', 'evaluate', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint',
-           'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged', 'TrainResult', 'Trainer', 'train',
-           'split_overrides']
+           'param_groups', 'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint',
+           'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged', 'TrainResult',
+           'Trainer', 'train', 'split_overrides']
 
 # %% ../nbs/05_training.ipynb #c00081bc
 SCHEDULES = Registry('schedule')  # (step, cfg) -> multiplier of cfg.lr
@@ -139,7 +141,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 def evaluate(model: nn.Module, data, split: str = 'val', iters: int = 20, batch_size: int = 32,
              block_size: int | None = None, device: str | torch.device = 'cpu', dtype: torch.dtype | None = None,
              seed: int = 0) -> float:
-    "Mean loss of `model` over `iters` batches of `split`, drawn with a fixed seed."
+    "Mean loss of `model` over `iters` batches of `split`, drawn with a fixed seed (the same windows at every call)."
     block_size = block_size or model.cfg.block_size
     gen, total = torch.Generator().manual_seed(seed), 0.0
     was_training = model.training; model.eval()
@@ -148,6 +150,35 @@ def evaluate(model: nn.Module, data, split: str = 'val', iters: int = 20, batch_
         with autocast(device, dtype): total += model(x, y)[1].item()
     model.train(was_training)
     return total / iters
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, data, # a `TokenDataset` (anything with `tokens(split)`)
+                   split: str = 'val', block_size: int | None = None, batch_size: int = 64,
+                   device: str | torch.device = 'cpu', dtype: torch.dtype | None = None,
+                   chunks: int = 50, # contiguous chunks for the batch-means standard error
+                   max_tokens: int | None = None, # score only the first this many tokens of the split (None: all)
+                  ) -> dict:
+    "Per-token cross-entropy of `model` over the whole `split` (or its first `max_tokens`) in consecutive windows: loss, standard error, tokens, windows."
+    T = block_size or model.cfg.block_size
+    toks = data.tokens(split)
+    if max_tokens is not None: toks = toks[:max_tokens + 1]
+    n = (len(toks) - 1) // T                      # windows of T inputs, each with its T next-token targets
+    if n < 1: raise ValueError(f'the {split!r} split has {len(toks):,} tokens, too few for one window of block_size={T}')
+    was_training = model.training; model.eval()
+    losses = []
+    for i in range(0, n, batch_size):
+        starts = range(i * T, min(n, i + batch_size) * T, T)
+        xy = torch.from_numpy(np.stack([toks[s:s + T + 1] for s in starts]).astype(np.int64)).to(device)
+        x, y = xy[:, :-1], xy[:, 1:]                                      # (b, T) each
+        with autocast(device, dtype): logits = model(x)                  # (b, T, V)
+        ce = F.cross_entropy(logits.float().transpose(1, 2), y, reduction='none')  # (b, T)
+        losses.append(ce.mean(1).cpu())
+    model.train(was_training)
+    per_window = torch.cat(losses).double()                              # equal-length windows: the mean is per token
+    k = max(2, min(chunks, n))
+    means = torch.stack([c.mean() for c in torch.tensor_split(per_window, k)])
+    se = (means.std() / math.sqrt(k)).item() if n > 1 else float('nan')
+    return dict(loss=per_window.mean().item(), se=se, tokens=n * T, windows=n)
 
 # %% ../nbs/05_training.ipynb #a66dfc7a
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'tinylm-checkpoint', 2
@@ -346,7 +377,7 @@ class Trainer:
     def evaluate(self) -> float:
         "Validation loss on the fixed batches, plus every probe (notebook 13), logged as one record."
         v = evaluate(self.model, self.data, 'val', self.cfg.eval_iters, self.cfg.batch_size, self.block_size,
-                     self.device, self.dtype, seed=self.cfg.seed + 1)
+                     self.device, self.dtype)
         rec = dict(step=self.step, tokens=self.tokens, val_loss=v, elapsed_s=round(self.elapsed, 3))
         for name, probe in self.probes.items(): rec[name] = probe(self)
         self.log(rec)

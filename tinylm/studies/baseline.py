@@ -9,5 +9,7 @@ __all__ = ['LR_SWEEP']
 from ..experiments import Experiment, grid, register_experiment
 
 LR_SWEEP = register_experiment(Experiment(
-    '06_baseline_lr', grid(lr=[3e-4, 1e-3, 3e-3, 1e-2, 3e-2]), notebook='06_experiments',
-    description='LR sweep of the 2017 baseline (post-norm LayerNorm, no dropout, untied) at the scale recipe'))
+    '06_baseline_lr', {'baseline_2017': {}}, tune_lr=True, notebook='06_experiments',
+    scales={'cpu': dict(tune_factors=(1/8, 1/4, 1/2, 1, 2, 4, 8)), 'gpu': dict(tune_factors=(1/4, 1/2, 1, 2, 4))},
+    description="LR sweep of the 2017 baseline (post-norm LayerNorm, no dropout, untied), factors of 2 around the scale's LR, "
+                'then 3 seeds at the best'))

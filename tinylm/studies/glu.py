@@ -12,6 +12,7 @@ from ..experiments import Experiment, register_experiment
 GLU_PAIRS = {'reglu': 'relu', 'geglu': 'gelu', 'swiglu': 'silu'}  # each gated unit and its plain counterpart
 
 GLU_EXPERIMENT = register_experiment(Experiment(
-    '10_glu', {name: {'ffn': name} for name in ('relu', 'gelu', 'silu', 'reglu', 'geglu', 'swiglu')}, notebook='10_glu',
-    description='plain (d_ff = 4 d) vs gated (d_ff = 8/3 d) FFNs at matched parameters and equal tokens: '
+    '10_glu', {name: {'ffn': name} for name in ('relu', 'gelu', 'silu', 'reglu', 'geglu', 'swiglu')},
+    tune_lr=True, scales={'cpu': dict(seeds=(1, 2, 3, 4, 5))}, notebook='10_glu',
+    description='plain (d_ff = 4 d) vs gated (d_ff = 8/3 d) FFNs at matched parameters and equal tokens, each at its best LR, 5 seeds: '
                 'gated units beat their plain counterparts (Shazeer 2020)'))

@@ -69,4 +69,4 @@ GQA_KV_HEADS = register_experiment(Experiment(
     {f'{name} (n_kv_head={n})': {'preset': 'gqa', 'n_kv_head': n} for name, n in (('MHA', 4), ('GQA', 2), ('MQA', 1))},
     description='loss vs key/value heads at 4 query heads and equal tokens: the KV cache shrinks by n_head/n_kv_head at '
                 'little loss (Ainslie et al. 2023; Shazeer 2019)',
-    base=dict(EXPERIMENT_BASE, n_head=4), notebook='12_gqa'))
+    base=dict(EXPERIMENT_BASE, n_head=4), tune_lr=True, scales={'cpu': dict(seeds=(1, 2, 3, 4, 5))}, notebook='12_gqa'))

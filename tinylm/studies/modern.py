@@ -11,15 +11,15 @@ from ..experiments import Experiment, register_experiment
 # %% ../../nbs/studies/14_modern.ipynb #a84a7e3d
 MODERN_EXPERIMENT = register_experiment(Experiment(
     '14_modern', {'baseline_2017': {}, 'gpt2': {'preset': 'gpt2'}, 'modern': {'preset': 'modern_matched'}},
-    description='baseline_2017 vs GPT-2 vs the modern recipe at equal non-embedding parameters and tokens (all dropout 0, untied)',
-    notebook='14_modern'))
+    description='baseline_2017 vs GPT-2 vs the modern recipe at equal non-embedding parameters and tokens, each at its best LR (all dropout 0, untied)',
+    tune_lr=True, notebook='14_modern'))
 
 BLOCKS_EXPERIMENT = register_experiment(Experiment(
     '14_blocks', {'serial': {'preset': 'modern'}, 'parallel': {'preset': 'modern', 'norm_placement': 'parallel'}},
-    description='serial vs parallel (GPT-J/PaLM) blocks in the modern preset at equal tokens',
-    notebook='14_modern'))
+    description='serial vs parallel (GPT-J/PaLM) blocks in the modern preset at equal tokens, each at its best LR',
+    tune_lr=True, notebook='14_modern'))
 
 TIED_EXPERIMENT = register_experiment(Experiment(
     '14_tied', {'untied': {'preset': 'modern'}, 'tied': {'preset': 'modern', 'tie_embeddings': True}},
-    description='untied vs tied input/output embeddings in the modern preset (unscaled embeddings) at equal tokens',
-    notebook='14_modern'))
+    description='untied vs tied input/output embeddings in the modern preset (unscaled embeddings) at equal tokens, each at its best LR',
+    tune_lr=True, notebook='14_modern'))

@@ -31,11 +31,11 @@ def bias_params(cfg: ModelConfig) -> int:
 BIAS_VARIANTS = {'bias': {'bias': True}, 'no bias': {'bias': False}}
 
 NO_BIAS_EXPERIMENT = register_experiment(Experiment(
-    '09_no_bias', BIAS_VARIANTS, notebook='09_no_bias',
-    description='biases everywhere vs none (linears and LayerNorm shifts) at equal tokens: same loss, fewer parameters (PaLM, LLaMA, cramming)'))
+    '09_no_bias', BIAS_VARIANTS, tune_lr=True, notebook='09_no_bias',
+    description='biases everywhere vs none (linears and LayerNorm shifts) at equal tokens, each at its best LR: same loss, fewer parameters (PaLM, LLaMA, cramming)'))
 
 # %% ../../nbs/studies/09_no_bias.ipynb #df27b803
 NO_BIAS_LR_EXPERIMENT = register_experiment(Experiment(
-    '09_no_bias_lr', combine(BIAS_VARIANTS, grid(lr=[1e-2, 3e-2, 1e-1])), notebook='09_no_bias',
-    base={**EXPERIMENT_BASE, 'warmup_steps': 0}, scales={'cpu': {'seeds': (0,)}},
-    description='bias vs no bias at high learning rates without warmup, one seed: is the bias-free model more stable (PaLM)?'))
+    '09_no_bias_lr', combine(BIAS_VARIANTS, grid(lr=[8e-3, 1.6e-2, 3.2e-2])), notebook='09_no_bias',
+    base={**EXPERIMENT_BASE, 'warmup_steps': 0}, 
+    description='bias vs no bias at 2, 4 and 8 times the cpu scale LR without warmup, paired by seed: is the bias-free model more stable (PaLM)?'))

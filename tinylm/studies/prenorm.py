@@ -11,7 +11,7 @@ from ..model import Transformer
 from ..experiments import Experiment, combine, grid, register_experiment
 
 # %% auto #0
-__all__ = ['BRANCHES', 'NORM_PLACEMENTS', 'PRENORM_GRID', 'KEY_CELLS', 'PRENORM_SEED1', 'grad_norms_per_layer']
+__all__ = ['BRANCHES', 'NORM_PLACEMENTS', 'PRENORM_GRID', 'KEY_CELLS', 'PRENORM_SEEDS', 'PRENORM_TUNED', 'grad_norms_per_layer']
 
 # %% ../../nbs/studies/07_prenorm.ipynb #df089abf
 BRANCHES = ('attn', 'ffn')  # the two residual branches of every block
@@ -39,13 +39,17 @@ def grad_norms_per_layer(model: Transformer, x: Tensor, # (B, T) token ids, or (
 # %% ../../nbs/studies/07_prenorm.ipynb #159c971b
 NORM_PLACEMENTS = {p: {'norm_placement': p} for p in ('post', 'pre', 'sandwich')}
 PRENORM_GRID = register_experiment(Experiment(
-    '07_prenorm_grid', combine(NORM_PLACEMENTS, grid(lr=[2e-3, 6e-3, 2e-2], warmup_steps=[0, 30])),
-    description='post vs pre vs sandwich norm over peak LR x warmup: post-norm needs warmup and small LRs, '
-                'pre-norm trains at larger LR with little warmup (Xiong et al. 2020)',
-    scales={'cpu': {'seeds': (0,)}}, notebook='07_prenorm'))
+    '07_prenorm_grid', combine(NORM_PLACEMENTS, grid(lr=[4e-3, 1.6e-2, 6.4e-2], warmup_steps=[0, 50])),
+    description='post vs pre vs sandwich norm over peak LR (1, 4 and 16 times the cpu scale\'s) x warmup (none, 50 steps), '
+                'one seed per cell: post-norm needs warmup and small LRs, pre-norm trains at larger LR with little warmup (Xiong et al. 2020)',
+    scales={'cpu': {'seeds': (0,)}, 'gpu': {'seeds': (0,)}}, notebook='07_prenorm'))
 
-KEY_CELLS = [f'{p} | {cell}' for cell in ('lr=0.02 warmup_steps=0', 'lr=0.002 warmup_steps=30') for p in NORM_PLACEMENTS]
-PRENORM_SEED1 = register_experiment(Experiment(
-    '07_prenorm_seed1', {k: PRENORM_GRID.variants[k] for k in KEY_CELLS},
-    description="the second seed for 07_prenorm_grid's key cells: highest LR without warmup, and the default recipe",
-    scales={'cpu': {'seeds': (1,)}}, notebook='07_prenorm'))
+KEY_CELLS = [f'{p} | {cell}' for cell in ('lr=0.064 warmup_steps=0', 'lr=0.004 warmup_steps=50') for p in NORM_PLACEMENTS]
+PRENORM_SEEDS = register_experiment(Experiment(
+    '07_prenorm_seeds', {k: PRENORM_GRID.variants[k] for k in KEY_CELLS},
+    description="the grid's key cells with three more seeds, paired: the highest LR without warmup, and the scale's recipe",
+    notebook='07_prenorm'))
+
+PRENORM_TUNED = register_experiment(Experiment(
+    '07_prenorm_tuned', NORM_PLACEMENTS, tune_lr=True, notebook='07_prenorm',
+    description="post vs pre vs sandwich norm, each at its own best LR with the scale's warmup, 3 seeds"))
