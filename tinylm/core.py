@@ -217,18 +217,18 @@ def source_root() -> Path:
     return Path(spec.origin).resolve().parent if spec and spec.origin else Path.cwd()
 
 def git_commit(path: str | Path | None = None) -> str | None:
-    "The git commit checked out at `path` (default: the checkout holding tinylm), with '+dirty' if tracked files changed, or `None`."
+    "The git commit checked out at `path` (default: the tinylm package's folder), with '+dirty' if tracked files under `path` changed, or `None`."
     try:
         head = _git(path or source_root(), 'rev-parse', 'HEAD')
         if head.returncode: return None
-        dirty = _git(path or source_root(), 'status', '--porcelain', '--untracked-files=no').stdout.strip()
+        dirty = _git(path or source_root(), 'status', '--porcelain', '--untracked-files=no', '--', '.').stdout.strip()
         return head.stdout.strip() + ('+dirty' if dirty else '')
     except (OSError, subprocess.SubprocessError): return None
 
 def git_diff_hash(path: str | Path | None = None) -> str | None:
-    "A short sha256 of the uncommitted changes to tracked files (`git diff HEAD`), or `None` for a clean tree or no git."
+    "A short sha256 of the uncommitted changes to tracked files under `path` (`git diff HEAD -- .`), or `None` if there are none or no git."
     try:
-        diff = _git(path or source_root(), 'diff', 'HEAD', '--no-color')
+        diff = _git(path or source_root(), 'diff', 'HEAD', '--no-color', '--', '.')
         if diff.returncode or not diff.stdout: return None
         return hashlib.sha256(diff.stdout.encode()).hexdigest()[:16]
     except (OSError, subprocess.SubprocessError): return None
