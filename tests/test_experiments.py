@@ -7,7 +7,8 @@ import pytest
 
 import tinylm  # noqa: F401  (fills every registry)
 from tinylm.cli import main
-from tinylm.experiments import EXPERIMENTS, SCALES, Experiment, grid, load_result, plan, result_path, run_experiment, summarize
+from tinylm.experiments import (EXPERIMENTS, SCALES, Experiment, grid, load_result, paired_difference, plan, ratio_interval,
+                                result_path, run_experiment, summarize, t_quantile, tuning_grid, verdict, verdict_table)
 from tinylm.training import split_overrides
 
 
@@ -67,32 +68,43 @@ def test_result_file_skip_and_rerun(tmp_path, keep_scale):
     path = result_path('keep', keep_scale)
     assert path == tmp_path / 'results' / f'keep-{keep_scale}.json' and path.exists()
     stored = json.loads(path.read_text())
-    run0 = stored['runs']['a/seed=0']
+    run0 = stored['runs']['a/seed=1']
     for key in ('model_config', 'train_config', 'curves', 'final', 'budget', 'params', 'flops_per_token'):
         assert key in run0, key
-    assert {'device', 'torch', 'git_commit', 'date'} <= set(run0['environment'])
+    assert {'device', 'cpu', 'torch', 'python', 'git_commit', 'git_diff', 'date'} <= set(run0['environment'])
+    assert run0['final']['val_loss'] == run0['val_split']['loss'] and run0['val_split']['se'] > 0
+    assert run0['val_split']['tokens'] == SCALES[keep_scale].final_eval_tokens // 32 * 32   # whole windows of the context
     assert run0['budget']['flops'] == run0['flops_per_token'] * run0['budget']['tokens']
     assert any('val_loss' in r for r in run0['curves']) and any('train_loss' in r for r in run0['curves'])
     again = run_experiment(exp, keep_scale, verbose=False)
     assert again['runs'] == res['runs']                          # nothing re-ran: identical records, dates included
     exp.variants['b']['lr'] = 3e-3
     changed = run_experiment(exp, keep_scale, verbose=False)
-    assert changed['runs']['a/seed=0'] == res['runs']['a/seed=0']
-    assert changed['runs']['b/seed=0']['train_config']['lr'] == 3e-3
+    assert changed['runs']['a/seed=1'] == res['runs']['a/seed=1']
+    assert changed['runs']['b/seed=1']['train_config']['lr'] == 3e-3
     assert load_result('keep', keep_scale)['runs'] == changed['runs']
     assert summarize(changed)['b']['seeds'] == 1
 
 
 def test_flops_budget_gives_bigger_models_fewer_steps():
     res = run_experiment(Experiment('f', {'small': {}, 'big': {'d_model': 64}}, budget='flops'), 'tiny', verbose=False)
-    small, big = res['runs']['small/seed=0'], res['runs']['big/seed=0']
+    small, big = res['runs']['small/seed=1'], res['runs']['big/seed=1']
     assert big['final']['steps'] < small['final']['steps']
     assert abs(big['budget']['flops'] / small['budget']['flops'] - 1) < 0.05
 
 
+def test_flops_budget_of_a_new_variant_when_the_reference_is_done(keep_scale):
+    exp = Experiment('f2', {'small': {}}, budget='flops')
+    first = run_experiment(exp, keep_scale, verbose=False)
+    exp.variants['big'] = {'d_model': 64}
+    res = run_experiment(exp, keep_scale, verbose=False)
+    assert res['runs']['small/seed=1'] == first['runs']['small/seed=1']          # the reference was not re-run
+    assert res['runs']['big/seed=1']['final']['steps'] < res['runs']['small/seed=1']['final']['steps']
+
+
 def test_divergence_is_a_result_not_a_crash():
     res = run_experiment(Experiment('d', {'x': {'lr': 1e3, 'grad_clip': 0.0, 'warmup_steps': 0}}), 'tiny', verbose=False)
-    run = res['runs']['x/seed=0']
+    run = res['runs']['x/seed=1']
     assert run['status'] == 'diverged' and 'diverged at step' in run['error']
     assert summarize(res)['x']['diverged'] == 1
 
@@ -101,11 +113,12 @@ def test_cli_list_dry_run_and_run(capsys, tmp_path, keep_scale):
     rc, out, _ = run(capsys, 'experiment', '--list')
     assert rc == 0 and '06_baseline_lr' in out
     rc, out, _ = run(capsys, 'experiment', '06', '--scale', 'cpu', '--dry-run')
-    assert rc == 0 and 'lr=0.001/seed=1: 300 steps x 2048 tokens' in out
-    rc, out, _ = run(capsys, 'experiment', '06_baseline_lr', '--scale', keep_scale, '--seeds', '0', '--no-checkpoints')
-    assert rc == 0 and 'wrote' in out
+    assert rc == 0 and 'baseline_2017/lr=0.0005/seed=0: 800 steps x 2048 tokens = 1.6M tokens' in out
+    assert 'then per variant, at its best LR: 3 seeds (1, 2, 3)' in out
+    rc, out, _ = run(capsys, 'experiment', '06_baseline_lr', '--scale', keep_scale, '--seeds', '5', '--no-checkpoints')
+    assert rc == 0 and 'wrote' in out and 'chosen LRs: baseline_2017' in out
     stored = json.loads((tmp_path / 'results' / f'06_baseline_lr-{keep_scale}.json').read_text())
-    assert len(stored['runs']) == len(EXPERIMENTS['06_baseline_lr'].variants)
+    assert [r['stage'] for r in stored['runs'].values()].count('compare') == 1 and 'baseline_2017/seed=5' in stored['runs']
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -120,3 +133,98 @@ def test_cli_errors(capsys, argv, message):
 def test_cli_rejects_unknown_scale(capsys):
     with pytest.raises(SystemExit) as e: main(['experiment', '06', '--scale', 'huge'])
     assert e.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_tuned_experiment_tunes_then_compares(keep_scale):
+    exp = Experiment('tuned', {'post': {}, 'pre': {'norm_placement': 'pre'}}, tune_lr=True,
+                     scales={keep_scale: dict(seeds=(1, 2), tune_factors=(0.5, 1.0))})
+    assert tuning_grid(exp, keep_scale) == [1.5e-3, 3e-3]
+    res = run_experiment(exp, keep_scale, verbose=False)
+    for v, t in res['tuning'].items():
+        tune = {r['train_config']['lr']: r for r in res['runs'].values() if r['variant'] == v and r['stage'] == 'tune'}
+        assert sorted(tune) == t['lrs'] and all(r['seed'] == SCALES[keep_scale].tune_seed for r in tune.values())
+        assert t['val_loss'] == [tune[lr]['final']['val_loss'] for lr in t['lrs']]
+        assert t['best_lr'] == min(tune, key=lambda lr: tune[lr]['final']['val_loss'])        # the argmin of the sweep
+        # at 24 steps the largest LR wins: the edge was extended once (tune_extend=1), and that is flagged
+        assert len(t['lrs']) == 3 and t['lrs'][-1] == 6e-3 and t['at_edge'] == (t['best_lr'] == 6e-3)
+        compare = [r for r in res['runs'].values() if r['variant'] == v and r['stage'] == 'compare']
+        assert sorted(r['seed'] for r in compare) == [1, 2] and {r['train_config']['lr'] for r in compare} == {t['best_lr']}
+    assert summarize(res)['pre']['seeds'] == 2 and summarize(res)['pre']['lr'] == res['tuning']['pre']['best_lr']
+    again = run_experiment(exp, keep_scale, verbose=False)
+    assert again['runs'] == res['runs'] and again['tuning'] == res['tuning']        # all done: nothing re-ran
+    table = verdict_table(res)
+    assert '| **post** |' in table and '| pre |' in table and 'Δ vs post' in table
+
+
+def test_tuned_experiment_errors():
+    with pytest.raises(ValueError, match="variant 'a' sets lr=0.001, but tune_lr=True chooses each variant's LR"):
+        Experiment('x', {'a': {'lr': 1e-3}}, tune_lr=True)
+    with pytest.raises(ValueError, match="tune_factors=\\(0, 1\\) must be positive multiples"):
+        Experiment('x', {'a': {}}, tune_lr=True, scales={'tiny': dict(tune_factors=(0, 1))})
+    with pytest.raises(ValueError, match="reference='b' is not one of its variants: a"):
+        Experiment('x', {'a': {}}, reference='b')
+
+
+def _fake(values: dict) -> dict:
+    "A result holding only final losses: variant -> {seed: loss or None (diverged)}."
+    runs = {f'{v}/seed={s}': dict(variant=v, seed=s, stage='compare', status='ok' if x is not None else 'diverged',
+                                  final=dict(val_loss=x, tokens_per_s=1.0, steps=1), curves=[], train_config=dict(lr=1e-3),
+                                  params=dict(total=1))
+            for v, per in values.items() for s, x in per.items()}
+    return dict(experiment='fake', scale='cpu', variants=list(values), runs=runs)
+
+
+def test_t_quantile_matches_the_t_distribution():
+    import numpy as np
+    for df in (1, 2, 4, 9, 29, 30, 31, 60):
+        t = t_quantile(df)
+        x = np.linspace(-t, t, 200_001)
+        pdf = (1 + x ** 2 / df) ** (-(df + 1) / 2) * math.gamma((df + 1) / 2) / (math.sqrt(df * math.pi) * math.gamma(df / 2))
+        assert abs(np.trapezoid(pdf, x) - 0.95) < 2e-4, df
+    with pytest.raises(ValueError, match='df=0 must be a positive integer'): t_quantile(0)
+
+
+def test_paired_difference_and_the_verdict_rule():
+    res = _fake({'ref': {1: 2.00, 2: 2.10, 3: 1.95}, 'a': {1: 1.98, 2: 2.081, 3: 1.929}, 'b': {1: 2.03, 2: 2.07, 3: 1.96},
+                 'c': {1: 2.02, 2: None, 3: 1.97}})
+    a = paired_difference(res, 'a', 'ref')
+    diffs = [-0.02, -0.019, -0.021]
+    assert a['n'] == 3 and a['seeds'] == [1, 2, 3] and a['mean'] == pytest.approx(-0.02)
+    half = 4.303 * 0.001 / math.sqrt(3)
+    assert (a['lo'], a['hi']) == (pytest.approx(-0.02 - half), pytest.approx(-0.02 + half)) and a['verdict'] == 'better'
+    assert paired_difference(res, 'ref', 'a')['verdict'] == 'worse'
+    assert paired_difference(res, 'b', 'ref')['verdict'] == 'not separable'          # +0.03, -0.03, +0.01
+    c = paired_difference(res, 'c', 'ref')                                          # seed 2 diverged: dropped from the pairs
+    assert c['seeds'] == [1, 3] and c['unpaired'] == [2] and c['mean'] == pytest.approx(0.02)
+    assert verdict(None, None).startswith('fewer than two pairs')
+    with pytest.raises(ValueError, match="'z' is not a variant of fake: ref, a, b, c"): paired_difference(res, 'z', 'ref')
+
+
+def test_ratio_interval_of_interleaved_timings():
+    r = ratio_interval([1.0, 1.1, 0.9, 1.05], [1.25, 1.36, 1.14, 1.30])
+    assert 0.78 < r['lo'] < r['ratio'] < r['hi'] < 0.82 and r['verdict'] == 'faster'
+    assert ratio_interval([1.0, 1.2], [1.1, 1.0])['verdict'] == 'not separable'
+    with pytest.raises(ValueError, match='two equal, non-empty lists'): ratio_interval([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match='positive values'): ratio_interval([1.0, 0.0], [1.0, 2.0])
+
+
+def test_git_provenance_covers_the_code_only(tmp_path):
+    "A result is dirty when the code under the package folder changed, not when a notebook or result file did."
+    import subprocess
+    from tinylm.core import git_commit, git_diff_hash
+    git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=tmp_path, check=True,
+                                    capture_output=True, text=True).stdout.strip()
+    pkg = tmp_path / 'pkg'; pkg.mkdir()
+    (pkg / 'm.py').write_text('x = 1\n'); (tmp_path / 'result.json').write_text('{}\n')
+    git('init', '-q'); git('add', '.'); git('commit', '-qm', 'c')
+    head = git('rev-parse', 'HEAD')
+    assert git_commit(pkg) == head and git_diff_hash(pkg) is None
+    (tmp_path / 'result.json').write_text('{"a": 1}\n')
+    assert git_commit(pkg) == head and git_diff_hash(pkg) is None                   # outside the code: still clean
+    (pkg / 'm.py').write_text('x = 2\n')
+    h = git_diff_hash(pkg)
+    assert git_commit(pkg) == head + '+dirty' and len(h) == 16
+    (pkg / 'm.py').write_text('x = 3\n')
+    assert git_diff_hash(pkg) != h                                                  # the hash names the diff
+    nogit = tmp_path.parent / (tmp_path.name + '-nogit'); nogit.mkdir()
+    assert git_commit(nogit) is None and git_diff_hash(nogit) is None

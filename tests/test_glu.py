@@ -127,8 +127,8 @@ def test_presets():
 def test_experiment_is_registered_and_matched():
     assert EXPERIMENTS['10_glu'] is GLU_EXPERIMENT and GLU_EXPERIMENT.notebook == '10_glu'
     specs = plan(GLU_EXPERIMENT, 'cpu', vocab_size=66)
-    assert len(specs) == 12 and {s.seed for s in specs} == {0, 1}
+    assert GLU_EXPERIMENT.tune_lr and len(specs) == 30 and {s.seed for s in specs} == {1, 2, 3, 4, 5}
     assert {s.variant: s.model.ffn for s in specs} == {n: n for n in ('relu', 'gelu', 'silu', 'reglu', 'geglu', 'swiglu')}
     assert len({s.train.max_steps * s.tokens_per_step for s in specs}) == 1   # equal tokens
     widths = {s.variant: s.model.ffn_width for s in specs}
-    assert widths['relu'] == 512 and widths['swiglu'] == 344
+    assert widths['relu'] == 256 and widths['swiglu'] == 168     # 8/3 x 64 = 170.7, to the nearest multiple of 8

@@ -212,5 +212,5 @@ def test_prompt_errors():
 def test_experiment_is_registered_with_three_kv_head_counts():
     exp = EXPERIMENTS['12_gqa_kv_heads']
     specs = plan(exp, 'cpu', vocab_size=66)
-    assert [(s.model.n_head, s.model.n_kv_head) for s in specs] == [(4, 4)] * 2 + [(4, 2)] * 2 + [(4, 1)] * 2
-    assert len({s.train.max_steps for s in specs}) == 1 and [s.seed for s in specs] == [0, 1] * 3
+    assert [(s.model.n_head, s.model.n_kv_head) for s in specs] == [(4, 4)] * 5 + [(4, 2)] * 5 + [(4, 1)] * 5
+    assert len({s.train.max_steps for s in specs}) == 1 and [s.seed for s in specs] == [1, 2, 3, 4, 5] * 3 and exp.tune_lr

@@ -104,9 +104,9 @@ def test_experiments_are_registered_and_plan_as_stated():
     for name, n in (('14_modern', 3), ('14_blocks', 2), ('14_tied', 2)):
         assert name in EXPERIMENTS and len(EXPERIMENTS[name].variants) == n
     specs = {s.key: s for s in plan(EXPERIMENTS['14_modern'], 'cpu', vocab_size=65)}
-    assert len(specs) == 6                                                     # 3 variants x 2 seeds
+    assert len(specs) == 9 and EXPERIMENTS['14_modern'].tune_lr                # 3 variants x 3 seeds, each at its best LR
     assert all(s.model.dropout == 0.0 and not s.model.tie_embeddings for s in specs.values())
-    assert specs['gpt2/seed=0'].model.position == 'learned' and specs['modern/seed=1'].model.d_ff == 388
+    assert specs['gpt2/seed=1'].model.position == 'learned' and specs['modern/seed=1'].model.d_ff == 196
     tied = {s.variant: s.model for s in plan(EXPERIMENTS['14_tied'], 'cpu', vocab_size=65)}
     assert tied['tied'].tie_embeddings and not tied['untied'].tie_embeddings
     blocks = {s.variant: s.model for s in plan(EXPERIMENTS['14_blocks'], 'cpu', vocab_size=65)}

@@ -83,7 +83,7 @@ def test_norm_shift_folds_into_the_next_linear_bias():
 def test_experiments_are_registered():
     assert {e.name for e in find_experiments('09')} == {'09_no_bias', '09_no_bias_lr'}
     specs = plan(EXPERIMENTS['09_no_bias_lr'], 'cpu', 65)
-    assert len(specs) == 6 and {s.train.warmup_steps for s in specs} == {0}
-    assert sorted({(s.model.bias, s.train.lr) for s in specs}) == [(False, 0.01), (False, 0.03), (False, 0.1),
-                                                                  (True, 0.01), (True, 0.03), (True, 0.1)]
-    assert len(plan(EXPERIMENTS['09_no_bias'], 'cpu', 65)) == 4
+    assert len(specs) == 18 and {s.train.warmup_steps for s in specs} == {0} and {s.seed for s in specs} == {1, 2, 3}
+    assert sorted({(s.model.bias, s.train.lr) for s in specs}) == [(False, 0.008), (False, 0.016), (False, 0.032),
+                                                                  (True, 0.008), (True, 0.016), (True, 0.032)]
+    assert len(plan(EXPERIMENTS['09_no_bias'], 'cpu', 65)) == 6 and EXPERIMENTS['09_no_bias'].tune_lr

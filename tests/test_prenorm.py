@@ -8,7 +8,7 @@ from torch import nn
 import tinylm
 from tinylm.core import count_params
 from tinylm.model import BLOCKS, MODEL_PRESETS, ModelConfig, Transformer, baseline_2017
-from tinylm.studies.prenorm import KEY_CELLS, PRENORM_GRID, PRENORM_SEED1, grad_norms_per_layer
+from tinylm.studies.prenorm import KEY_CELLS, PRENORM_GRID, PRENORM_SEEDS, PRENORM_TUNED, grad_norms_per_layer
 from tinylm.prenorm import PreNormBlock, SandwichBlock, baseline_prenorm, baseline_sandwich, to_torch_prenorm_layer
 from tinylm.experiments import EXPERIMENTS, find_experiments
 
@@ -101,8 +101,9 @@ def test_sandwich_gradients_are_large_at_small_init():
 
 
 def test_experiments_registered():
-    assert EXPERIMENTS['07_prenorm_grid'] is PRENORM_GRID and EXPERIMENTS['07_prenorm_seed1'] is PRENORM_SEED1
-    assert {e.name for e in find_experiments('07_prenorm')} == {'07_prenorm_grid', '07_prenorm_seed1'}
+    assert EXPERIMENTS['07_prenorm_grid'] is PRENORM_GRID and EXPERIMENTS['07_prenorm_seeds'] is PRENORM_SEEDS
+    assert {e.name for e in find_experiments('07_prenorm')} == {'07_prenorm_grid', '07_prenorm_seeds', '07_prenorm_tuned'}
+    assert PRENORM_TUNED.tune_lr and set(PRENORM_TUNED.variants) == {'post', 'pre', 'sandwich'}
     assert len(PRENORM_GRID.variants) == 18 and len(KEY_CELLS) == 6
-    for k in KEY_CELLS: assert PRENORM_SEED1.variants[k] == PRENORM_GRID.variants[k]
-    assert PRENORM_GRID.variants['pre | lr=0.02 warmup_steps=0'] == {'norm_placement': 'pre', 'lr': 0.02, 'warmup_steps': 0}
+    for k in KEY_CELLS: assert PRENORM_SEEDS.variants[k] == PRENORM_GRID.variants[k]
+    assert PRENORM_GRID.variants['pre | lr=0.064 warmup_steps=0'] == {'norm_placement': 'pre', 'lr': 0.064, 'warmup_steps': 0}

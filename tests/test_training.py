@@ -7,7 +7,7 @@ import torch
 
 from tinylm.data import TokenDataset
 from tinylm.model import baseline_2017
-from tinylm.training import TrainConfig, Trainer, TrainingDiverged, evaluate, load_checkpoint, lr_at, model_from_checkpoint, param_groups, read_metrics, train
+from tinylm.training import TrainConfig, Trainer, TrainingDiverged, evaluate, evaluate_split, load_checkpoint, lr_at, model_from_checkpoint, param_groups, read_metrics, train
 from tinylm.model import ModelConfig, Transformer
 
 
@@ -151,6 +151,27 @@ def test_evaluate_is_repeatable(data):
     m = Transformer(MODEL)
     a, b = evaluate(m, data, iters=3, batch_size=4), evaluate(m, data, iters=3, batch_size=4)
     assert a == b and math.isfinite(a)
+
+
+def test_periodic_evaluation_ignores_the_training_seed(data):
+    "Two runs with different seeds are scored on the same validation windows: same weights, same loss."
+    a, b = Trainer(MODEL, TrainConfig(**KW, seed=1), data), Trainer(MODEL, TrainConfig(**KW, seed=2), data)
+    b.model.load_state_dict(a.model.state_dict())
+    assert a.evaluate() == b.evaluate()
+
+
+def test_evaluate_split_scores_every_window_once(data):
+    m = Transformer(MODEL.replace(dropout=0.0))
+    full = evaluate_split(m, data, 'val', batch_size=5)
+    n = (data.n_tokens('val') - 1) // 32
+    assert full['windows'] == n and full['tokens'] == 32 * n and 0 < full['se'] < 0.05
+    toks = torch.from_numpy(data.tokens('val')[:32 * n + 1].astype('int64'))
+    with torch.no_grad(): ref = torch.nn.functional.cross_entropy(m(toks[:-1].view(n, 32)).transpose(1, 2), toks[1:].view(n, 32))
+    assert full['loss'] == pytest.approx(ref.item(), abs=1e-5)
+    assert evaluate_split(m, data, 'val', batch_size=64) == pytest.approx(full)                 # batching does not matter
+    assert evaluate_split(m, data, 'val', max_tokens=320)['tokens'] == 320
+    with pytest.raises(ValueError, match="the 'val' split has .* too few for one window of block_size=100000"):
+        evaluate_split(m, data, 'val', block_size=100_000)
 
 
 def test_checkpoints_of_tinylm_0_1_still_load(tmp_path):
