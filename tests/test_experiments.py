@@ -113,7 +113,7 @@ def test_cli_list_dry_run_and_run(capsys, tmp_path, keep_scale):
     rc, out, _ = run(capsys, 'experiment', '--list')
     assert rc == 0 and '06_baseline_lr' in out
     rc, out, _ = run(capsys, 'experiment', '06', '--scale', 'cpu', '--dry-run')
-    assert rc == 0 and 'baseline_2017/lr=0.0005/seed=0: 800 steps x 2048 tokens = 1.6M tokens' in out
+    assert rc == 0 and 'baseline_2017/lr=0.001/seed=0: 800 steps x 2048 tokens = 1.6M tokens' in out
     assert 'then per variant, at its best LR: 3 seeds (1, 2, 3)' in out
     rc, out, _ = run(capsys, 'experiment', '06_baseline_lr', '--scale', keep_scale, '--seeds', '5', '--no-checkpoints')
     assert rc == 0 and 'wrote' in out and 'chosen LRs: baseline_2017' in out

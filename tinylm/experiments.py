@@ -55,7 +55,7 @@ SCALES['tiny'] = Scale(
 SCALES['cpu'] = Scale(
     'minutes on 2 CPU cores: 3 x 64, context 64, 800 steps of 32 x 64 characters (1.6M tokens, 10 per parameter)',
     model=dict(n_layer=3, n_head=4, d_model=64, block_size=64),
-    train=dict(max_steps=800, batch_size=32, lr=4e-3, warmup_steps=50, eval_interval=100, eval_iters=8,
+    train=dict(max_steps=800, batch_size=32, lr=8e-3, warmup_steps=50, eval_interval=100, eval_iters=8,
                log_interval=20, device='cpu', progress=False),
     seeds=(1, 2, 3), seconds=60.0)
 SCALES['gpu'] = Scale(

@@ -38,4 +38,4 @@ NO_BIAS_EXPERIMENT = register_experiment(Experiment(
 NO_BIAS_LR_EXPERIMENT = register_experiment(Experiment(
     '09_no_bias_lr', combine(BIAS_VARIANTS, grid(lr=[8e-3, 1.6e-2, 3.2e-2])), notebook='09_no_bias',
     base={**EXPERIMENT_BASE, 'warmup_steps': 0}, 
-    description='bias vs no bias at 2, 4 and 8 times the cpu scale LR without warmup, paired by seed: is the bias-free model more stable (PaLM)?'))
+    description='bias vs no bias at 1, 2 and 4 times the cpu scale LR without warmup, paired by seed: is the bias-free model more stable (PaLM)?'))

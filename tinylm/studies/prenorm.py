@@ -40,7 +40,7 @@ def grad_norms_per_layer(model: Transformer, x: Tensor, # (B, T) token ids, or (
 NORM_PLACEMENTS = {p: {'norm_placement': p} for p in ('post', 'pre', 'sandwich')}
 PRENORM_GRID = register_experiment(Experiment(
     '07_prenorm_grid', combine(NORM_PLACEMENTS, grid(lr=[4e-3, 1.6e-2, 6.4e-2], warmup_steps=[0, 50])),
-    description='post vs pre vs sandwich norm over peak LR (1, 4 and 16 times the cpu scale\'s) x warmup (none, 50 steps), '
+    description='post vs pre vs sandwich norm over peak LR (1/2, 2 and 8 times the cpu scale\'s) x warmup (none, 50 steps), '
                 'one seed per cell: post-norm needs warmup and small LRs, pre-norm trains at larger LR with little warmup (Xiong et al. 2020)',
     scales={'cpu': {'seeds': (0,)}, 'gpu': {'seeds': (0,)}}, notebook='07_prenorm'))
 
