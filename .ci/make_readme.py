@@ -1,7 +1,8 @@
 """Write README.md from nbs/index.ipynb without Quarto (nbdev_readme needs it).
 
-Markdown cells are copied (links to notebooks, relative to nbs/ in the index, get the nbs/ prefix); code cells are shown as Python blocks followed by their text output;
-cells marked `#| hide` or holding an `#| export` are left out and directive lines are dropped.
+Markdown cells are copied (links to notebooks, relative to nbs/ in the index, get the nbs/ prefix); code cells are shown as Python blocks followed by their text output,
+and a markdown output (IPython's `Markdown`, e.g. the course table computed from result files) is copied as markdown;
+`#| echo: false` shows a cell's output without its code; cells marked `#| hide` or holding an `#| export` are left out and directive lines are dropped.
 `--check` exits 1 if README.md is not what index.ipynb generates.
 """
 import json
@@ -16,24 +17,36 @@ def directives(src):
     return [line[3:].strip().split()[0] for line in src.splitlines() if line.startswith('#| ') and line[3:].strip()]
 
 
+def link_nbs(text):
+    # the index links notebooks relative to nbs/, where it lives; the README sits one folder up
+    return re.sub(r'\]\((?!https?:|/|nbs/)([^)]+\.ipynb)\)', r'](nbs/\1)', text.strip())
+
+
 def render(nb):
     parts = []
     for cell in nb['cells']:
         src = ''.join(cell['source'])
         if cell['cell_type'] == 'markdown':
-            # the index links notebooks relative to nbs/, where it lives; the README sits one folder up
-            parts.append(re.sub(r'\]\((?!https?:|/|nbs/)([^)]+\.ipynb)\)', r'](nbs/\1)', src.strip()))
+            parts.append(link_nbs(src))
             continue
         if cell['cell_type'] != 'code' or {'hide', 'export', 'exports', 'default_exp'} & set(directives(src)):
             continue
         code = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
-        if code:
+        if code and not re.search(r'^#\|\s*echo:\s*false\s*$', src, re.M):
             parts.append(f'```python\n{code}\n```')
-        out = ''.join(''.join(o.get('text', '')) if o['output_type'] == 'stream' else
-                      ''.join(o.get('data', {}).get('text/plain', '')) for o in cell.get('outputs', [])
-                      if o['output_type'] in ('stream', 'execute_result'))
-        if out.strip():
-            parts.append(f'```\n{out.rstrip()}\n```')
+        text = []
+        for o in cell.get('outputs', []):
+            data = o.get('data', {})
+            if o['output_type'] == 'stream':
+                text.append(''.join(o.get('text', '')))
+            elif 'text/markdown' in data:
+                if ''.join(text).strip(): parts.append(f"```\n{''.join(text).rstrip()}\n```")
+                text = []
+                parts.append(link_nbs(''.join(data['text/markdown'])))
+            elif o['output_type'] == 'execute_result':
+                text.append(''.join(data.get('text/plain', '')))
+        if ''.join(text).strip():
+            parts.append(f"```\n{''.join(text).rstrip()}\n```")
     return '\n\n'.join(p for p in parts if p) + '\n'
 
 

@@ -24,9 +24,10 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 
            'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
            'run_experiment', 'final_value', 'compared_runs', 'summarize', 'describe', 'print_summary', 't_quantile',
            'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
-           'show_verdicts', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label',
-           'config_value', 'plot_lr_sweep', 'plot_grid', 'plot_tuning', 'Benchmark', 'register_experiment',
-           'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment']
+           'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves',
+           'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid', 'plot_tuning', 'Benchmark',
+           'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment', 'headline',
+           'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Experiment:
     budget: str = 'tokens'         # what is held equal: 'tokens', 'flops' or 'seconds'
     reference: str | None = None   # the variant the others are compared with (and whose FLOPs set a 'flops' budget); default: the first
     tune_lr: bool = False          # compare each variant at its own best LR: a tuning sweep first, then the seeds at the best
+    claims: tuple | None = None    # (variant, reference) pairs that carry the claim; None = every variant vs `ref`, () = none
     scales: dict = field(default_factory=dict)  # scale -> overrides for that scale only (fields, 'seeds', 'seconds', 'tune_factors')
     probes: dict = field(default_factory=dict)  # name -> fn(trainer) -> float, recorded at every evaluation
     notebook: str | None = None    # the notebook that explains it, e.g. '07_prenorm'
@@ -116,6 +118,9 @@ class Experiment:
             split_overrides({k: v for k, v in over.items() if k not in SCALE_KEYS}, f'Experiment {self.name!r} scale {scale!r}')
             if 'tune_factors' in over and not (over['tune_factors'] and all(f > 0 for f in over['tune_factors'])):
                 raise ValueError(f"Experiment {self.name!r} scale {scale!r}: tune_factors={over['tune_factors']!r} must be positive multiples of the scale's lr")
+        for a, b in self.claims or ():
+            for v in (a, b):
+                if v not in self.variants: raise ValueError(f'Experiment {self.name!r}: claim ({a!r}, {b!r}) names {v!r}, which is not one of its variants: {", ".join(self.variants)}')
         for vname, over in self.variants.items():
             split_overrides(over, f'Experiment {self.name!r} variant {vname!r}')
             if self.tune_lr and 'lr' in over:
@@ -123,6 +128,10 @@ class Experiment:
                                  "variant's LR; drop the lr override, or set tune_lr=False to compare at fixed LRs")
     @property
     def ref(self) -> str: return self.reference or next(iter(self.variants))
+    @property
+    def claim_pairs(self) -> list[tuple[str, str]]:
+        "The (variant, reference) pairs whose verdicts state this experiment's finding."
+        return list(self.claims) if self.claims is not None else [(v, self.ref) for v in self.variants if v != self.ref]
 
 # %% ../nbs/06_experiments.ipynb #f25fc1d9
 @dataclass
@@ -326,7 +335,7 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
     path = result_path(exp.name, scale, results) if sc.persist else None
     result = json.loads(path.read_text()) if path is not None and path.exists() else {}
     result.update(experiment=exp.name, notebook=exp.notebook, description=exp.description, scale=scale,
-                  budget=exp.budget, reference=exp.ref, tune_lr=exp.tune_lr,
+                  budget=exp.budget, reference=exp.ref, tune_lr=exp.tune_lr, claims=exp.claim_pairs,
                   data=dict(corpus=sc.corpus, tokenizer=tok.name, vocab_size=tok.vocab_size,
                   train_tokens=data.n_tokens('train'), val_tokens=data.n_tokens('val')), variants=list(exp.variants))
     result.setdefault('runs', {})
@@ -516,6 +525,17 @@ def show_verdicts(result: dict, reference: str | None = None, metric: str = 'val
     except ImportError: pass
     print(text)
 
+# %% ../nbs/06_experiments.ipynb #588f7f6b
+def noise_summary(result: dict) -> dict:
+    "The noise in a result: the seed sd (pooled over variants' comparison runs), the whole-split loss's standard error, and how far each run's last periodic estimate falls from it."
+    rows = [r for r in summarize(result).values() if len(r['values']) > 1]
+    pooled = math.sqrt(statistics.fmean(r['sd'] ** 2 for r in rows)) if rows else None
+    ok = [r for r in result['runs'].values() if r['status'] == 'ok' and r['final'].get('val_loss_se') is not None]  # both stages
+    gaps = [r['final']['sample_val_loss'] - r['final']['val_loss'] for r in ok if r['final'].get('sample_val_loss') is not None]
+    return dict(runs=len(ok), seed_sd=pooled, split_se=statistics.fmean(r['final']['val_loss_se'] for r in ok) if ok else None,
+                val_tokens=ok[0]['final']['val_tokens'] if ok else None,
+                sample_gap_mean=statistics.fmean(gaps) if gaps else None, sample_gap_sd=statistics.stdev(gaps) if len(gaps) > 1 else None)
+
 # %% ../nbs/06_experiments.ipynb #3d203de4
 def axes_or_new(ax=None, figsize=(6, 3.6)):
     "`ax`, or the axes of a new figure of `figsize`: every plot helper draws into a given axes or its own."
@@ -660,6 +680,7 @@ class Benchmark:
     run: Callable                  # (scale: str, device: str | None) -> the result dict (environment included)
     description: str = ''
     notebook: str | None = None
+    headline: Callable | None = None  # (result) -> short lines stating what it found, for course tables
 
 def register_experiment(exp: Experiment | Benchmark) -> Experiment | Benchmark:
     "Add `exp` to `EXPERIMENTS` (so `tinylm experiment` finds it) and return it."
@@ -750,3 +771,24 @@ def _experiment_args(p) -> None:
     p.add_argument('--progress', action='store_true', help='show a progress bar per run')
 
 COMMANDS['experiment'] = Command(cmd_experiment, _experiment_args, "run a notebook's experiments at a scale and write result files")
+
+# %% ../nbs/06_experiments.ipynb #4396da67
+def headline(result: dict, exp: Experiment | Benchmark | None = None) -> list[str]:
+    "Short lines stating what `result` found: per claim, 'A vs B: verdict (Δ [95% interval], n seeds)'; a benchmark's own `headline`."
+    exp = exp if exp is not None else EXPERIMENTS.get(result['experiment'])
+    if isinstance(exp, Benchmark): return list(exp.headline(result)) if exp.headline else []
+    pairs = exp.claim_pairs if exp is not None else [tuple(p) for p in result.get('claims', [])]
+    out = []
+    for a, b in pairs:
+        d = paired_difference(result, a, b)
+        ci = f" [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d['lo'] is not None else ''
+        out.append(f"{a} vs {b}: {d['verdict']} ({d['mean']:+.3f}{ci}, {d['n']} seeds)" if d['mean'] is not None else f'{a} vs {b}: no paired runs')
+    return out
+
+def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
+    "A markdown table of every registered experiment with a result file: notebook, experiment, scale and its headline."
+    lines = ['| notebook | experiment | scale | finding (Δ final val loss vs the reference, 95% interval) |', '|---|---|---|---|']
+    for e in sorted(EXPERIMENTS.values(), key=lambda e: (e.notebook or '', e.name)):
+        if not e.notebook or (res := load_result(e.name, scale, results)) is None or not (found := headline(res, e)): continue
+        lines.append(f"| [{e.notebook}]({e.notebook}.ipynb) | `{e.name}` | {res['scale']} | {'<br>'.join(found)} |")
+    return '\n'.join(lines)

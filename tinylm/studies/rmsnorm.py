@@ -14,13 +14,13 @@ from ..core import Registry, environment_info, resolve_device
 from ..model import ModelConfig, Transformer, baseline_2017, model_flops_per_token
 from ..rmsnorm import RMSNorm
 from ..training import TrainConfig, Trainer
-from ..experiments import EXPERIMENT_BASE, SCALES, Benchmark, Experiment, combine, load_data, register_experiment
+from ..experiments import EXPERIMENT_BASE, SCALES, Benchmark, Experiment, combine, load_data, ratio_interval, register_experiment
 
 # %% auto #0
 __all__ = ['NORM_FLOPS', 'NORM_TYPES', 'NORM_SCOPE', 'STEP_SCOPE', 'BACKWARD_PREFIX', 'MATMUL_OPS', 'NORM_TIME',
            'RMSNORM_EXPERIMENT', 'layer_norm_flops', 'rms_norm_flops', 'norm_modules', 'normalized_per_token',
            'norm_flop_share', 'work_clock', 'kernel_bench', 'mark_norms', 'remove_norms', 'attribute_time',
-           'RandomTokens', 'profile_steps', 'norm_time_share', 'norm_time_report', 'plot_norm_time']
+           'RandomTokens', 'profile_steps', 'norm_time_share', 'step_time_ratio', 'norm_time_report', 'plot_norm_time']
 
 # %% ../../nbs/studies/08_rmsnorm.ipynb #69514b99
 NORM_FLOPS = Registry('norm')  # cfg -> forward FLOPs per normalized element
@@ -202,7 +202,7 @@ def norm_time_share(cfg: ModelConfig, # the model to measure
                     warmup: int = 2, # untimed steps first (torch.compile compiles here)
                     n_profile: int = 3, # eager on CPU: profile this many steps to attribute time (0 = skip)
                    ) -> dict:
-    "Share of a training step's time spent in normalization: by ablation (norms -> identity), and by profiler attribution in eager mode."
+    "Share of a training step's time spent in normalization: by ablation (norms -> identity, with a 95% interval from the paired repeats), and by profiler attribution in eager mode."
     block_size = block_size or cfg.block_size
     dev = resolve_device(device)
     pair = [_trainer(cfg, batch_size, block_size, compiled, device, wo) for wo in (False, True)]
@@ -212,15 +212,31 @@ def norm_time_share(cfg: ModelConfig, # the model to measure
     for _ in range(repeats):   # interleaved, so a change in machine load hits both alike
         with_n.append(_seconds_per_step(pair[0], steps)); without.append(_seconds_per_step(pair[1], steps))
     shares = [1 - b / a for a, b in zip(with_n, without)]     # paired: each repeat's with / without
+    ratio = ratio_interval(without, with_n)                   # step time without norms / with them, 95% interval
     diffs = [1e3 * (a - b) for a, b in zip(with_n, without)]
     out = dict(norm=cfg.norm, compiled=compiled, device=str(dev), threads=torch.get_num_threads(), batch_size=batch_size,
                block_size=block_size, steps=steps, repeats=repeats, clock='process CPU time' if dev.type != 'cuda' else 'wall',
                step_ms=1e3 * statistics.median(with_n), step_ms_without_norms=1e3 * statistics.median(without),
                norm_ms=statistics.median(diffs), norm_ms_se=_median_se(diffs),
-               ablation_share=statistics.median(shares), ablation_share_se=_median_se(shares), **norm_flop_share(cfg, block_size))
+               ablation_share=statistics.median(shares), ablation_share_se=_median_se(shares),
+               ablation_share_ci=[1 - ratio['hi'], 1 - ratio['lo']], **norm_flop_share(cfg, block_size))
     if not compiled and dev.type == 'cpu' and n_profile:
         out['profiled'] = attribute_time(profile_steps(pair[0], n_profile))
     return out
+
+# %% ../../nbs/studies/08_rmsnorm.ipynb #1b13acb2
+def step_time_ratio(cfg_a: ModelConfig, cfg_b: ModelConfig, # the two models to compare
+                    batch_size: int = 16, block_size: int | None = None, compiled: bool = False, device: str = 'cpu',
+                    repeats: int = 41, steps: int = 1, warmup: int = 2) -> dict:
+    "Training-step time of `cfg_a` over `cfg_b`, timed in alternation: `ratio_interval` (ratio < 1: a is faster) and the medians."
+    block_size = block_size or cfg_a.block_size
+    pair = [_trainer(c, batch_size, block_size, compiled, device, False) for c in (cfg_a, cfg_b)]
+    for tr in pair:
+        for _ in range(warmup): tr.train_step()
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(_seconds_per_step(pair[0], steps)); b.append(_seconds_per_step(pair[1], steps))
+    return dict(ratio_interval(a, b), a_ms=1e3 * statistics.median(a), b_ms=1e3 * statistics.median(b), repeats=repeats, compiled=compiled)
 
 # %% ../../nbs/studies/08_rmsnorm.ipynb #76a46678
 def norm_time_report(scale: str = 'cpu', # an experiment scale: its model, batch and context
@@ -236,13 +252,17 @@ def norm_time_report(scale: str = 'cpu', # an experiment scale: its model, batch
     B, T, device = sc.train['batch_size'], sc.model['block_size'], device or sc.train.get('device', 'cpu')
     runs = [norm_time_share(cfg.replace(norm=n), B, T, compiled=c, device=device, repeats=repeats) for c in compiled for n in norms]
     kernels = {('compiled' if c else 'eager'): kernel_bench(B * T, cfg.d_model, device, c) for c in compiled}
+    rms_vs_layer = {('compiled' if c else 'eager'): step_time_ratio(cfg.replace(norm='rms'), cfg.replace(norm='layer'), B, T, c, device, repeats)
+                    for c in compiled}
     return dict(experiment='08_norm_time', scale=scale, note=note, model=cfg.to_dict(), batch_size=B, block_size=T,
-                runs=runs, kernels=kernels, environment=environment_info(device))
+                runs=runs, kernels=kernels, rms_vs_layer=rms_vs_layer, environment=environment_info(device))
 
 NORM_TIME = register_experiment(Benchmark(
     '08_norm_time', lambda scale, device: norm_time_report(scale, device=device, note='tinylm experiment 08_norm_time'),
     description="the norms' share of FLOPs vs of training-step time, eager and compiled, LayerNorm and RMSNorm",
-    notebook='08_rmsnorm'))
+    notebook='08_rmsnorm', headline=lambda r: [
+        f"RMSNorm vs LayerNorm step time, {mode}: {x['verdict']} (ratio {x['ratio']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}])"
+        for mode, x in r.get('rms_vs_layer', {}).items()]))
 
 def plot_norm_time(report: dict, ax=None):
     "Per norm and mode: the norms' share of FLOPs, of step time by ablation, and (eager) by profiler attribution."
