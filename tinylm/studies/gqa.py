@@ -4,13 +4,15 @@
 
 # %% ../../nbs/studies/12_gqa.ipynb #dab7f6f0
 from __future__ import annotations
+import statistics
+
 import torch
 
 from ..core import count_params, environment_info, resolve_device
 from ..tokenizer import corpus_tokenizer
 from ..model import Transformer, baseline_2017
 from ..generation import KVCache, decode_speed, kv_cache_bytes
-from ..experiments import EXPERIMENT_BASE, SCALES, Benchmark, Experiment, register_experiment
+from ..experiments import EXPERIMENT_BASE, SCALES, Benchmark, Experiment, ratio_interval, register_experiment
 
 # %% auto #0
 __all__ = ['DECODE_SPEED', 'GQA_KV_HEADS', 'decode_benchmark', 'print_decode_benchmark']
@@ -19,31 +21,42 @@ __all__ = ['DECODE_SPEED', 'GQA_KV_HEADS', 'decode_benchmark', 'print_decode_ben
 def decode_benchmark(scale: str = 'cpu', # model size and device of this experiment scale
                      batch_sizes: tuple = (1, 16), prompt_len: int = 16,
                      new_tokens: int | None = None, # default: fill the context (block_size - prompt_len)
-                     repeats: int = 3, device: str | None = None, dtype: str = 'float32',
+                     repeats: int = 11, # interleaved rounds; tokens/s is the median, ratios get 95% intervals
+                     device: str | None = None, dtype: str = 'float32',
                      clock: str = 'wall', # see `decode_speed`
                      note: str = '', # how it was run, stored in the result
                     ) -> dict:
-    "Decode tokens/s with and without the KV cache, and KV-cache bytes (formula and measured), per n_kv_head at `scale`."
+    "Decode tokens/s with and without the KV cache (interleaved repeats; ratios with 95% intervals), and KV-cache bytes (formula and measured), per n_kv_head at `scale`."
     sc = SCALES[scale]
     dev, dt = resolve_device(device or sc.train.get('device')), getattr(torch, dtype)
     vocab = corpus_tokenizer(sc.tokenizer, sc.corpus).vocab_size
     base = baseline_2017(**{**EXPERIMENT_BASE, **sc.model, 'vocab_size': vocab})
     new_tokens = new_tokens or base.block_size - prompt_len
     variants = [('mha', base.n_head)] + [('gqa', n) for n in range(base.n_head - 1, 0, -1) if base.n_head % n == 0]
-    rows = []
+    models = {}
     for attention, n_kv in variants:
-        cfg = base.replace(n_kv_head=n_kv)
-        torch.manual_seed(0); model = Transformer(cfg).to(dev, dt).eval()
-        for B in batch_sizes:
-            row = dict(attention=attention, n_kv_head=n_kv, batch_size=B, params=count_params(model)['total'],
-                       kv_bytes_formula=kv_cache_bytes(cfg, B, dtype=dt), kv_bytes_measured=KVCache.for_model(model, B).nbytes())
-            for use_cache in (True, False):
-                tps = decode_speed(model, B, prompt_len, new_tokens, use_cache, repeats, clock)
-                rows.append(dict(row, use_cache=use_cache, tokens_per_s=round(tps, 1)))
+        torch.manual_seed(0); models[(attention, n_kv)] = Transformer(base.replace(n_kv_head=n_kv)).to(dev, dt).eval()
+    cells = [(a, n, B, c) for (a, n) in models for B in batch_sizes for c in (True, False)]
+    runs = {cell: [] for cell in cells}
+    for _ in range(repeats):   # interleaved: each repeat times every cell once, so a slow moment of the machine hits all alike
+        for a, n, B, c in cells: runs[(a, n, B, c)].append(decode_speed(models[(a, n)], B, prompt_len, new_tokens, c, 1, clock))
+    rows = []
+    for (a, n, B, c), tps in runs.items():
+        m = models[(a, n)]
+        rows.append(dict(attention=a, n_kv_head=n, batch_size=B, params=count_params(m)['total'],
+                         kv_bytes_formula=kv_cache_bytes(m.cfg, B, dtype=dt), kv_bytes_measured=KVCache.for_model(m, B).nbytes(),
+                         use_cache=c, tokens_per_s=round(statistics.median(tps), 1), tokens_per_s_runs=[round(x, 1) for x in tps]))
+    mha = variants[0]
+    ratios = [dict(what=f'{a} n_kv_head={n} vs mha, cached', batch_size=B,
+                   **ratio_interval(runs[(a, n, B, True)], runs[(*mha, B, True)], below='slower', above='faster'))
+              for (a, n) in models if (a, n) != mha for B in batch_sizes]
+    ratios += [dict(what=f'{a} n_kv_head={n}: cache vs recompute', batch_size=B,
+                    **ratio_interval(runs[(a, n, B, True)], runs[(a, n, B, False)], below='slower', above='faster'))
+               for (a, n) in models for B in batch_sizes]
     return dict(experiment='12_decode_speed', notebook='12_gqa', scale=scale,
                 description='greedy decode tokens/s with and without the KV cache, and KV-cache bytes, vs n_kv_head',
                 model_config=base.to_dict(), settings=dict(prompt_len=prompt_len, new_tokens=new_tokens, repeats=repeats,
-                batch_sizes=list(batch_sizes), dtype=dtype, clock=clock, note=note), rows=rows, environment=environment_info(dev))
+                batch_sizes=list(batch_sizes), dtype=dtype, clock=clock, note=note), rows=rows, ratios=ratios, environment=environment_info(dev))
 
 def print_decode_benchmark(result: dict) -> None:
     "The decode benchmark as a table: KV-cache bytes and tokens/s with and without the cache."
@@ -58,10 +71,14 @@ def print_decode_benchmark(result: dict) -> None:
         slow = rows[(a, n, B, False)]['tokens_per_s']
         print(f"{a:<9} {n:>9} {B:>5} {r['params']:>8,} {r['kv_bytes_formula']:>11,} {r['kv_bytes_measured']:>11,} "
               f"{r['tokens_per_s']:>12,.0f} {slow:>15,.0f} {r['tokens_per_s'] / slow:>7.1f}x")
+    for x in result.get('ratios', []):
+        print(f"batch {x['batch_size']:>3} {x['what']:<40} tokens/s ratio {x['ratio']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]: {x['verdict']}")
 
 DECODE_SPEED = register_experiment(Benchmark(
     '12_decode_speed', lambda scale, device: decode_benchmark(scale, device=device, clock='process', note='tinylm experiment 12_decode_speed'),
-    description='greedy decode tokens/s with and without the KV cache, and KV-cache bytes, vs n_kv_head', notebook='12_gqa'))
+    description='greedy decode tokens/s with and without the KV cache, and KV-cache bytes, vs n_kv_head', notebook='12_gqa',
+    headline=lambda r: [f"batch {x['batch_size']}, {x['what']}: {x['verdict']} (tokens/s x{x['ratio']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}])"
+                        for x in r.get('ratios', []) if 'vs mha' in x['what']]))
 
 # %% ../../nbs/studies/12_gqa.ipynb #5b37a728
 GQA_KV_HEADS = register_experiment(Experiment(
