@@ -24,10 +24,10 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 
            'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
            'run_experiment', 'final_value', 'compared_runs', 'summarize', 'describe', 'print_summary', 't_quantile',
            'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
-           'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves',
-           'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid', 'plot_tuning', 'Benchmark',
-           'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment', 'headline',
-           'course_table']
+           'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title',
+           'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid',
+           'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan',
+           'cmd_experiment', 'headline', 'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class Experiment:
     reference: str | None = None   # the variant the others are compared with (and whose FLOPs set a 'flops' budget); default: the first
     tune_lr: bool = False          # compare each variant at its own best LR: a tuning sweep first, then the seeds at the best
     claims: tuple | None = None    # (variant, reference) pairs that carry the claim; None = every variant vs `ref`, () = none
+    headline: Callable | None = None  # (result) -> short lines stating the finding, instead of the claims' verdicts
     scales: dict = field(default_factory=dict)  # scale -> overrides for that scale only (fields, 'seeds', 'seconds', 'tune_factors')
     probes: dict = field(default_factory=dict)  # name -> fn(trainer) -> float, recorded at every evaluation
     notebook: str | None = None    # the notebook that explains it, e.g. '07_prenorm'
@@ -515,15 +516,37 @@ def verdict_table(result: dict, reference: str | None = None, metric: str = 'val
             lines.append(f"| {v} | {lr} | {loss} | {n} | {_f(d['mean'], sign=True)} | {ci} | {d['verdict']} |")
     return '\n'.join(lines)
 
-def show_verdicts(result: dict, reference: str | None = None, metric: str = 'val_loss', variants: list[str] | None = None):
-    "Display `verdict_table` as markdown in a notebook (printed elsewhere), under a line saying what the result is."
-    text = f'{describe(result)}\n\n' + verdict_table(result, reference, metric, variants)
+def claims_table(result: dict, pairs: list | None = None, metric: str = 'val_loss') -> str:
+    "A markdown table with one row per (variant, reference) pair: both losses and LRs, the paired difference, its 95% interval and the verdict."
+    if pairs is None:  # the registered experiment's claims, else those stored in the result, else every variant vs the reference
+        exp = EXPERIMENTS.get(result['experiment'])
+        pairs = exp.claim_pairs if isinstance(exp, Experiment) else result.get('claims') or \
+                [(v, result.get('reference') or result['variants'][0]) for v in result['variants'][1:]]
+    pairs = [tuple(p) for p in pairs]
+    rows = summarize(result, metric)
+    lines = [f'| variant | LR | {metric} | reference | LR | {metric} | Δ | 95% interval | seeds | verdict |', '|---|---|---|---|---|---|---|---|---|---|']
+    for a, b in pairs:
+        d, ra, rb = paired_difference(result, a, b, metric), rows.get(a), rows.get(b)
+        side = lambda r: f"{r['lr']:g} | {_f(r['mean'])} ± {_f(r['sd'])}" if r and r['mean'] is not None else '– | diverged'
+        ci = f"[{_f(d['lo'], sign=True)}, {_f(d['hi'], sign=True)}]" if d['lo'] is not None else '–'
+        lines.append(f"| {a} | {side(ra)} | {b} | {side(rb)} | {_f(d['mean'], sign=True)} | {ci} | {d['n']} | **{d['verdict']}** |")
+    return '\n'.join(lines)
+
+def _display_markdown(text: str):
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
         if get_ipython() is not None: return display(Markdown(text))
     except ImportError: pass
     print(text)
+
+def show_claims(result: dict, pairs: list | None = None, metric: str = 'val_loss'):
+    "Display `claims_table` as markdown in a notebook (printed elsewhere), under a line saying what the result is."
+    return _display_markdown(f'{describe(result)}\n\n' + claims_table(result, pairs, metric))
+
+def show_verdicts(result: dict, reference: str | None = None, metric: str = 'val_loss', variants: list[str] | None = None):
+    "Display `verdict_table` as markdown in a notebook (printed elsewhere), under a line saying what the result is."
+    return _display_markdown(f'{describe(result)}\n\n' + verdict_table(result, reference, metric, variants))
 
 # %% ../nbs/06_experiments.ipynb #588f7f6b
 def noise_summary(result: dict) -> dict:
@@ -776,7 +799,8 @@ COMMANDS['experiment'] = Command(cmd_experiment, _experiment_args, "run a notebo
 def headline(result: dict, exp: Experiment | Benchmark | None = None) -> list[str]:
     "Short lines stating what `result` found: per claim, 'A vs B: verdict (Δ [95% interval], n seeds)'; a benchmark's own `headline`."
     exp = exp if exp is not None else EXPERIMENTS.get(result['experiment'])
-    if isinstance(exp, Benchmark): return list(exp.headline(result)) if exp.headline else []
+    if getattr(exp, 'headline', None) is not None: return list(exp.headline(result))
+    if isinstance(exp, Benchmark): return []
     pairs = exp.claim_pairs if exp is not None else [tuple(p) for p in result.get('claims', [])]
     out = []
     for a, b in pairs:

@@ -14,5 +14,6 @@ GLU_PAIRS = {'reglu': 'relu', 'geglu': 'gelu', 'swiglu': 'silu'}  # each gated u
 GLU_EXPERIMENT = register_experiment(Experiment(
     '10_glu', {name: {'ffn': name} for name in ('relu', 'gelu', 'silu', 'reglu', 'geglu', 'swiglu')},
     tune_lr=True, scales={'cpu': dict(seeds=(1, 2, 3, 4, 5))}, notebook='10_glu',
+    claims=(('reglu', 'relu'), ('geglu', 'gelu'), ('swiglu', 'silu'), ('gelu', 'relu'), ('silu', 'relu')),
     description='plain (d_ff = 4 d) vs gated (d_ff = 8/3 d) FFNs at matched parameters and equal tokens, each at its best LR, 5 seeds: '
                 'gated units beat their plain counterparts (Shazeer 2020)'))

@@ -37,5 +37,6 @@ NO_BIAS_EXPERIMENT = register_experiment(Experiment(
 # %% ../../nbs/studies/09_no_bias.ipynb #df27b803
 NO_BIAS_LR_EXPERIMENT = register_experiment(Experiment(
     '09_no_bias_lr', combine(BIAS_VARIANTS, grid(lr=[8e-3, 1.6e-2, 3.2e-2])), notebook='09_no_bias',
-    base={**EXPERIMENT_BASE, 'warmup_steps': 0}, 
+    base={**EXPERIMENT_BASE, 'warmup_steps': 0},
+    claims=tuple((f'no bias | lr={lr}', f'bias | lr={lr}') for lr in ('0.008', '0.016', '0.032')), 
     description='bias vs no bias at 1, 2 and 4 times the cpu scale LR without warmup, paired by seed: is the bias-free model more stable (PaLM)?'))

@@ -118,7 +118,9 @@ POSITIONS_EXPERIMENT = register_experiment(Experiment(
     scales={'tiny': {'model.block_size': 64, 'train.block_size': 32},        # models built for 2x the training context
             'cpu': {'model.block_size': 128, 'train.block_size': 64},
             'gpu': {'model.block_size': 1024, 'train.block_size': 512}},
-    tune_lr=True, probes=extrapolation_probes(), notebook='11_positions'))
+    tune_lr=True, probes=extrapolation_probes(), notebook='11_positions',
+    claims=(('rope', 'sinusoidal'), ('learned', 'sinusoidal'), ('scaled_sinusoidal', 'learned'), ('none', 'sinusoidal'),
+            ('sinusoidal + emb_norm', 'sinusoidal'))))
 
 # %% ../../nbs/studies/11_positions.ipynb #9893e715
 def positional_amplitude(trainer) -> float:
@@ -132,4 +134,4 @@ GAIN_EXPERIMENT = register_experiment(Experiment(
     scales={'tiny': {'model.block_size': 64, 'train.block_size': 32},
             'cpu': {'model.block_size': 128, 'train.block_size': 64, 'seeds': (1,)},
             'gpu': {'model.block_size': 1024, 'train.block_size': 512, 'seeds': (0,)}},
-    probes={'pos_amplitude': positional_amplitude}, notebook='11_positions'))
+    probes={'pos_amplitude': positional_amplitude}, claims=(), notebook='11_positions'))

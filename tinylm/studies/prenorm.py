@@ -42,12 +42,13 @@ PRENORM_GRID = register_experiment(Experiment(
     '07_prenorm_grid', combine(NORM_PLACEMENTS, grid(lr=[4e-3, 1.6e-2, 6.4e-2], warmup_steps=[0, 50])),
     description='post vs pre vs sandwich norm over peak LR (1/2, 2 and 8 times the cpu scale\'s) x warmup (none, 50 steps), '
                 'one seed per cell: post-norm needs warmup and small LRs, pre-norm trains at larger LR with little warmup (Xiong et al. 2020)',
-    scales={'cpu': {'seeds': (0,)}, 'gpu': {'seeds': (0,)}}, notebook='07_prenorm'))
+    scales={'cpu': {'seeds': (0,)}, 'gpu': {'seeds': (0,)}}, claims=(), notebook='07_prenorm'))
 
 KEY_CELLS = [f'{p} | {cell}' for cell in ('lr=0.064 warmup_steps=0', 'lr=0.004 warmup_steps=50') for p in NORM_PLACEMENTS]
 PRENORM_SEEDS = register_experiment(Experiment(
     '07_prenorm_seeds', {k: PRENORM_GRID.variants[k] for k in KEY_CELLS},
     description="the grid's key cells with three more seeds, paired: the highest LR without warmup, and the scale's recipe",
+    claims=tuple((f'{p} | {cell}', f'post | {cell}') for cell in ('lr=0.064 warmup_steps=0', 'lr=0.004 warmup_steps=50') for p in ('pre', 'sandwich')),
     notebook='07_prenorm'))
 
 PRENORM_TUNED = register_experiment(Experiment(

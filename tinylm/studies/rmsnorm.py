@@ -285,5 +285,5 @@ def plot_norm_time(report: dict, ax=None):
 # %% ../../nbs/studies/08_rmsnorm.ipynb #dd303544
 RMSNORM_EXPERIMENT = register_experiment(Experiment(
     '08_rmsnorm', combine({'post': {}, 'pre': {'norm_placement': 'pre'}}, {'layer': {}, 'rms': {'norm': 'rms'}}),
-    tune_lr=True, notebook='08_rmsnorm',
+    tune_lr=True, claims=(('post | rms', 'post | layer'), ('pre | rms', 'pre | layer')), notebook='08_rmsnorm',
     description='LayerNorm vs RMSNorm, post-norm (2017) and pre-norm (notebook 07), at equal tokens, each at its best LR: RMSNorm is as good (Zhang & Sennrich 2019)'))

@@ -162,4 +162,4 @@ STABILITY_EXPERIMENT = register_experiment(Experiment(
                 'QK-norm and z-loss lower LR sensitivity (Wortsman et al. 2023)',
     base={**EXPERIMENT_BASE, 'norm_placement': 'pre', 'norm': 'rms', 'bias': False},
     scales={'cpu': dict(seeds=(0,), eval_interval=25), 'gpu': dict(seeds=(0,))},
-    probes=STABILITY_PROBES, notebook='13_stability'))
+    probes=STABILITY_PROBES, claims=(), notebook='13_stability'))
