@@ -813,6 +813,9 @@ def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
     "A markdown table of every registered experiment with a result file: notebook, experiment, scale and its headline."
     lines = ['| notebook | experiment | scale | finding (Δ final val loss vs the reference, 95% interval) |', '|---|---|---|---|']
     for e in sorted(EXPERIMENTS.values(), key=lambda e: (e.notebook or '', e.name)):
-        if not e.notebook or (res := load_result(e.name, scale, results)) is None or not (found := headline(res, e)): continue
+        if not e.notebook or (res := load_result(e.name, scale, results)) is None: continue
+        if isinstance(e, Experiment) and any(r['fingerprint'].get('harness') != HARNESS_VERSION for r in res['runs'].values()):
+            found = [f'made by an older harness (one LR for all, random eval windows): not yet re-run with `tinylm experiment {e.name}`']
+        elif not (found := headline(res, e)): continue
         lines.append(f"| [{e.notebook}]({e.notebook}.ipynb) | `{e.name}` | {res['scale']} | {'<br>'.join(found)} |")
     return '\n'.join(lines)
