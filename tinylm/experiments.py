@@ -22,8 +22,8 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 
            'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget',
            'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir', 'result_path',
            'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
-           'run_experiment', 'final_value', 'compared_runs', 'summarize', 'describe', 'print_summary', 't_quantile',
-           'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
+           'run_experiment', 'final_value', 'is_current', 'compared_runs', 'summarize', 'describe', 'print_summary',
+           't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
            'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title',
            'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid',
            'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan',
@@ -402,6 +402,10 @@ def final_value(run: dict, metric: str = 'val_loss'):
     "The final value of `metric` in `run`: from its final metrics, else the last record that has it (probes)."
     if run['final'].get(metric) is not None: return run['final'][metric]
     return next((r[metric] for r in reversed(run['curves']) if r.get(metric) is not None), None)
+
+def is_current(result: dict | None) -> bool:
+    "Whether every run of `result` was made by this harness (`HARNESS_VERSION`): older files are shown as not yet re-run."
+    return bool(result) and all(r.get('fingerprint', {}).get('harness') == HARNESS_VERSION for r in result['runs'].values())
 
 def compared_runs(result: dict) -> list[dict]:
     "The runs that are compared: all of them, less the LR-tuning stage of a tuned experiment."
@@ -814,7 +818,7 @@ def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
     lines = ['| notebook | experiment | scale | finding (Δ final val loss vs the reference, 95% interval) |', '|---|---|---|---|']
     for e in sorted(EXPERIMENTS.values(), key=lambda e: (e.notebook or '', e.name)):
         if not e.notebook or (res := load_result(e.name, scale, results)) is None: continue
-        if isinstance(e, Experiment) and any(r['fingerprint'].get('harness') != HARNESS_VERSION for r in res['runs'].values()):
+        if isinstance(e, Experiment) and not is_current(res):
             found = [f'made by an older harness (one LR for all, random eval windows): not yet re-run with `tinylm experiment {e.name}`']
         elif not (found := headline(res, e)): continue
         lines.append(f"| [{e.notebook}]({e.notebook}.ipynb) | `{e.name}` | {res['scale']} | {'<br>'.join(found)} |")
