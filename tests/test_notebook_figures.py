@@ -2,7 +2,8 @@
 
 A *figure* is a number written with a decimal point, a percent sign or an exponent (`1.962`, `12%`, `3e-3`): the
 kind of number a measurement produces. Whole numbers (layers, seeds, notebook numbers, years) are not checked, nor is
-anything inside inline code, fenced code, LaTeX math or a link target. A figure matches an output number that
+anything inside inline code, fenced code, LaTeX math or a link target, nor a blockquote: a figure quoted from a paper
+is written as a quote (`> Ivanov et al. (2021): ... 25.5% of the runtime`), so the reader can tell it from ours. A figure matches an output number that
 rounds to it at the figure's own precision, sign aside ("0.012 lower" matches a printed -0.0123); a percentage also
 matches a fraction (12% matches 0.1234).
 """
@@ -20,7 +21,8 @@ PENDING = ['07_prenorm', '08_rmsnorm', '09_no_bias', '10_glu', '11_positions', '
 
 FIGURE = re.compile(r'(?<![\w.])(\d+(?:\.\d+)?%|\d+(?:\.\d+)?e[-+]?\d+|\d+\.\d+)(?![\w.]*\d)')
 NUMBER = re.compile(r'\d+(?:\.\d+)?(?:e[-+]?\d+)?')
-HIDDEN = [re.compile(p, re.S) for p in (r'```.*?```', r'`[^`]*`', r'\$\$.*?\$\$', r'\$[^$]*\$', r'\]\([^)]*\)', r'<!--.*?-->')]
+HIDDEN = [re.compile(p, re.S) for p in (r'```.*?```', r'`[^`]*`', r'\$\$.*?\$\$', r'\$[^$]*\$', r'\]\([^)]*\)', r'<!--.*?-->')] + \
+         [re.compile(r'^>[^\n]*', re.M)]   # blockquote lines: figures quoted from papers
 
 
 def prose(nb: dict) -> str:
@@ -80,6 +82,6 @@ def test_every_results_notebook_is_checked_or_pending():
 
 def test_the_matcher_itself():
     assert figures('loss 1.962 at 3e-3, 12% and 1.5% faster, notebook 07, 2.5x, v0.1.0, 1.0.2') == ['1.962', '3e-3', '12%', '1.5%', '2.5']
-    assert figures(prose({'cells': [{'cell_type': 'markdown', 'source': ['see `1.962` and $1.5$ and [x](http://a/1.5)']}]})) == []
+    assert figures(prose({'cells': [{'cell_type': 'markdown', 'source': ['see `1.962` and $1.5$ and [x](http://a/1.5)\n', '> a paper: 25.5%\n', 'ours 1.5']}]})) == ['1.5']
     assert matches('1.96', ['1.9623']) and not matches('1.97', ['1.9623']) and matches('0.012', ['0.0123'])
     assert matches('12%', ['0.1234']) and matches('12%', ['12.3']) and matches('3e-3', ['0.003']) and not matches('3e-3', ['0.03'])

@@ -64,13 +64,13 @@ def print_decode_benchmark(result: dict) -> None:
     print(f"{result['experiment']} at {result['scale']} scale on {env['device_name']}, torch {env['torch']}, {s['dtype']}, "
           f"prompt {s['prompt_len']} + {s['new_tokens']} new tokens, {s['clock']} clock" + (f"\n({s['note']})" if s.get('note') else ''))
     print(f"{'attention':<9} {'n_kv_head':>9} {'batch':>5} {'params':>8} {'KV formula':>11} {'KV measured':>11} "
-          f"{'tok/s cached':>12} {'tok/s recompute':>15} {'speed-up':>8}")
+          f"{'tok/s cached':>12} {'tok/s recompute':>15} {'of medians':>10}")
     rows = {(r['attention'], r['n_kv_head'], r['batch_size'], r['use_cache']): r for r in result['rows']}
     for (a, n, B, c), r in rows.items():
         if not c: continue
         slow = rows[(a, n, B, False)]['tokens_per_s']
         print(f"{a:<9} {n:>9} {B:>5} {r['params']:>8,} {r['kv_bytes_formula']:>11,} {r['kv_bytes_measured']:>11,} "
-              f"{r['tokens_per_s']:>12,.0f} {slow:>15,.0f} {r['tokens_per_s'] / slow:>7.1f}x")
+              f"{r['tokens_per_s']:>12,.0f} {slow:>15,.0f} {r['tokens_per_s'] / slow:>9.1f}x")
     for x in result.get('ratios', []):
         print(f"batch {x['batch_size']:>3} {x['what']:<40} tokens/s ratio {x['ratio']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]: {x['verdict']}")
 
