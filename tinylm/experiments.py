@@ -500,24 +500,25 @@ def verdicts(result: dict, reference: str | None = None, metric: str = 'val_loss
     return {v: paired_difference(result, v, reference, metric) for v in result['variants'] if v != reference}
 
 def _f(x, d=4, sign=False) -> str: return '–' if x is None else f'{x:+.{d}f}' if sign else f'{x:.{d}f}'
+def _cell(name: str) -> str: return str(name).replace('|', '\\|')   # a variant name inside a markdown table cell
 
 def verdict_table(result: dict, reference: str | None = None, metric: str = 'val_loss', variants: list[str] | None = None) -> str:
     "A markdown table: per variant its LR, mean ± sd of the final `metric` over seeds, and the paired difference to `reference` with its 95% interval and verdict."
     reference = reference or result.get('reference') or result['variants'][0]
     rows, vs = summarize(result, metric), verdicts(result, reference, metric)
     tuned = result.get('tuning', {})
-    lines = [f'| variant | LR | {metric} (mean ± sd) | seeds | Δ vs {reference} | 95% interval | verdict |', '|---|---|---|---|---|---|---|']
+    lines = [f'| variant | LR | {metric} (mean ± sd) | seeds | Δ vs {_cell(reference)} | 95% interval | verdict |', '|---|---|---|---|---|---|---|']
     for v in variants or result['variants']:
         if v not in rows: continue
         r = rows[v]
         lr = f"{r['lr']:g}" + (' (edge)' if tuned.get(v, {}).get('at_edge') else '')
         loss = f"{_f(r['mean'])} ± {_f(r['sd'])}" if r['mean'] is not None else 'diverged'
         n = f"{len(r['values'])}" + (f" ({r['diverged']} diverged)" if r['diverged'] else '')
-        if v == reference: lines.append(f'| **{v}** | {lr} | {loss} | {n} | (reference) | | |')
+        if v == reference: lines.append(f'| **{_cell(v)}** | {lr} | {loss} | {n} | (reference) | | |')
         else:
             d = vs[v]
             ci = f"[{_f(d['lo'], sign=True)}, {_f(d['hi'], sign=True)}]" if d['lo'] is not None else '–'
-            lines.append(f"| {v} | {lr} | {loss} | {n} | {_f(d['mean'], sign=True)} | {ci} | {d['verdict']} |")
+            lines.append(f"| {_cell(v)} | {lr} | {loss} | {n} | {_f(d['mean'], sign=True)} | {ci} | {d['verdict']} |")
     return '\n'.join(lines)
 
 def claims_table(result: dict, pairs: list | None = None, metric: str = 'val_loss') -> str:
@@ -531,9 +532,9 @@ def claims_table(result: dict, pairs: list | None = None, metric: str = 'val_los
     lines = [f'| variant | LR | {metric} | reference | LR | {metric} | Δ | 95% interval | seeds | verdict |', '|---|---|---|---|---|---|---|---|---|---|']
     for a, b in pairs:
         d, ra, rb = paired_difference(result, a, b, metric), rows.get(a), rows.get(b)
-        side = lambda r: f"{r['lr']:g} | {_f(r['mean'])} ± {_f(r['sd'])}" if r and r['mean'] is not None else '– | diverged'
+        side = lambda r: ('– | not run' if r is None else '– | diverged' if r['mean'] is None else f"{r['lr']:g} | {_f(r['mean'])} ± {_f(r['sd'])}")
         ci = f"[{_f(d['lo'], sign=True)}, {_f(d['hi'], sign=True)}]" if d['lo'] is not None else '–'
-        lines.append(f"| {a} | {side(ra)} | {b} | {side(rb)} | {_f(d['mean'], sign=True)} | {ci} | {d['n']} | **{d['verdict']}** |")
+        lines.append(f"| {_cell(a)} | {side(ra)} | {_cell(b)} | {side(rb)} | {_f(d['mean'], sign=True)} | {ci} | {d['n']} | **{d['verdict']}** |")
     return '\n'.join(lines)
 
 def _display_markdown(text: str):
@@ -821,5 +822,5 @@ def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
         if isinstance(e, Experiment) and not is_current(res):
             found = [f'made by an older harness (one LR for all, random eval windows): not yet re-run with `tinylm experiment {e.name}`']
         elif not (found := headline(res, e)): continue
-        lines.append(f"| [{e.notebook}]({e.notebook}.ipynb) | `{e.name}` | {res['scale']} | {'<br>'.join(found)} |")
+        lines.append(f"| [{e.notebook}]({e.notebook}.ipynb) | `{e.name}` | {res['scale']} | {'<br>'.join(map(_cell, found))} |")
     return '\n'.join(lines)
