@@ -26,8 +26,8 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 
            't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
            'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title',
            'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid',
-           'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan',
-           'cmd_experiment', 'headline', 'course_table']
+           'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark', 'find_experiments',
+           'describe_plan', 'cmd_experiment', 'headline', 'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -677,6 +677,13 @@ def plot_grid(result: dict, row: str, col: str, metric: str = 'val_loss', ax=Non
     return ax
 
 # %% ../nbs/06_experiments.ipynb #6839a574
+def print_tuning(result: dict) -> None:
+    "The LR-tuning stage as text: per variant, the final loss at each LR of its grid (tuning seed) and the LR chosen."
+    for v, t in result.get('tuning', {}).items():
+        pts = '  '.join(f'{lr:g}: {x:.4f}' if x is not None else f'{lr:g}: diverged' for lr, x in zip(t['lrs'], t['val_loss']))
+        chosen = f"{t['best_lr']:g}" + (' (grid edge)' if t['at_edge'] else '') if t['best_lr'] is not None else 'none (all diverged)'
+        print(f'{v:<24} {pts}  -> {chosen}')
+
 def plot_tuning(result: dict, metric: str = 'val_loss', ax=None):
     "The LR-tuning stage: final `metric` against LR per variant (tuning seed; x = diverged), and the comparison seeds' mean ± sd at the chosen LR."
     ax = axes_or_new(ax)
