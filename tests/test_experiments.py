@@ -228,3 +228,18 @@ def test_git_provenance_covers_the_code_only(tmp_path):
     assert git_diff_hash(pkg) != h                                                  # the hash names the diff
     nogit = tmp_path.parent / (tmp_path.name + '-nogit'); nogit.mkdir()
     assert git_commit(nogit) is None and git_diff_hash(nogit) is None
+
+
+def test_a_run_is_not_trained_twice_across_experiments(keep_scale, capsys):
+    "Same config, seed and harness as a run in another result file: copied and marked, not retrained (unless told to)."
+    first = run_experiment(Experiment('e1', {'base': {}, 'hi': {'lr': 1e-2}}), keep_scale, verbose=False)
+    second = run_experiment(Experiment('e2', {'also base': {}, 'lo': {'lr': 1e-3}}), keep_scale)
+    assert 'reused from e1' in capsys.readouterr().out
+    r = second['runs']['also base/seed=1']
+    assert r['reused_from'] == 'e1' and r['variant'] == 'also base' and r['final'] == first['runs']['base/seed=1']['final']
+    assert 'reused_from' not in second['runs']['lo/seed=1']
+    fresh = run_experiment(Experiment('e3', {'base': {}}), keep_scale, verbose=False, reuse=False)
+    assert 'reused_from' not in fresh['runs']['base/seed=1']
+    assert fresh['runs']['base/seed=1']['final']['val_loss'] == first['runs']['base/seed=1']['final']['val_loss']   # deterministic
+    probed = run_experiment(Experiment('e4', {'base': {}}, probes={'one': lambda tr: 1.0}), keep_scale, verbose=False)
+    assert 'reused_from' not in probed['runs']['base/seed=1']       # a probe records more than the stored run has

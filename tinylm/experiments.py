@@ -22,12 +22,12 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 
            'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget',
            'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir', 'result_path',
            'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
-           'run_experiment', 'final_value', 'is_current', 'compared_runs', 'summarize', 'describe', 'print_summary',
-           't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
-           'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title',
-           'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid',
-           'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark', 'find_experiments',
-           'describe_plan', 'cmd_experiment', 'headline', 'course_table']
+           'run_index', 'run_experiment', 'final_value', 'is_current', 'compared_runs', 'summarize', 'describe',
+           'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts',
+           'verdict_table', 'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new',
+           'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep',
+           'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark',
+           'find_experiments', 'describe_plan', 'cmd_experiment', 'headline', 'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -320,6 +320,22 @@ def _extend(grid: list[float], best: float) -> float | None:
     if best == grid[0]: return _r3(grid[0] / step)
     return None
 
+def _fp_key(fp: dict) -> str:
+    "A fingerprint as a canonical string (stored model configs normalized, as `is_done` does)."
+    return json.dumps(dict(fp, model=ModelConfig.from_dict(fp['model']).to_dict()), sort_keys=True)
+
+def run_index(results: str | Path | None, scale: str, skip: str | None = None) -> dict[str, tuple[str, dict]]:
+    "Every finished run ('ok') in the result files of `scale` under `results` (but `skip`), by fingerprint: `(experiment, run)`."
+    out = {}
+    for p in sorted(Path(results or results_dir()).glob(f'*-{scale}.json')):
+        try: res = json.loads(p.read_text())
+        except ValueError: continue                     # a result file being written elsewhere, or not ours
+        if not isinstance(res, dict) or res.get('experiment') in (None, skip) or not isinstance(res.get('runs'), dict): continue
+        for run in res['runs'].values():
+            if isinstance(run, dict) and run.get('status') == 'ok' and 'fingerprint' in run:
+                out.setdefault(_fp_key(run['fingerprint']), (res['experiment'], run))
+    return out
+
 def run_experiment(exp: Experiment, scale: str = 'tiny', *,
                    results: str | Path | None = None, # folder for the result file (default `results_dir()`)
                    force: bool = False, # re-run runs that are already in the result file
@@ -328,6 +344,7 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
                    runs_dir: str | Path | None = None, # keep checkpoints here so interrupted runs resume
                    progress: bool = False, # a progress bar per run
                    verbose: bool = True, # one line per run
+                   reuse: bool = True, # copy a run made with the same fingerprint by another experiment's result file
                   ) -> dict:
     "Run every run of `exp` at `scale` that is not already done (the LR tuning stage first if `exp.tune_lr`); return the result dict."
     sc = SCALES[scale]
@@ -344,6 +361,9 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
         print(f'warning: the tinylm checkout has uncommitted changes ({commit[:12]}+dirty): commit first, then run, '
               'so the result file names a commit that holds the code that ran')
     kept, ran = [], set()
+    # the same config, seed and harness give the same run: reuse one from another experiment (not with probes, which
+    # record extra metrics, nor under a 'seconds' budget, whose step count depends on the machine's speed)
+    index = run_index(results, scale, exp.name) if reuse and path is not None and not exp.probes and exp.budget != 'seconds' else {}
 
     def run_all(specs: list[RunSpec], what: str) -> list[dict]:
         if exp.budget != 'seconds': specs = BUDGETS[exp.budget](specs, exp, scale, data)  # before is_done: steps are in the fingerprint
@@ -352,14 +372,16 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
         if todo and exp.budget == 'seconds': todo = seconds_budget(todo, exp, scale, data)
         for i, spec in enumerate(todo):
             t0 = time.perf_counter()
-            run = execute(spec, data, exp.budget, exp.probes, runs_dir, progress, sc.final_eval_tokens)
+            if (hit := index.get(_fp_key(fingerprint(spec, exp.budget)))) is not None:
+                run = dict(hit[1], variant=spec.variant, seed=spec.seed, stage=spec.stage, overrides=spec.overrides, reused_from=hit[0])
+            else: run = execute(spec, data, exp.budget, exp.probes, runs_dir, progress, sc.final_eval_tokens)
             result['runs'][spec.key] = run; ran.add(spec.key)
             result['environment'] = run['environment']
             if path is not None: save_result(result, path)
             if verbose:
                 f = run['final']; val = f'{f["val_loss"]:.4f}' if f['val_loss'] is not None else '-'
-                print(f'  [{i + 1}/{len(todo)}] {spec.key}: {run["status"]}, val {val}, {f["steps"]} steps, '
-                      f'{fmt_count(f["tokens"])} tokens, {time.perf_counter() - t0:.1f} s')
+                how = f'reused from {run["reused_from"]}' if 'reused_from' in run else f'{time.perf_counter() - t0:.1f} s'
+                print(f'  [{i + 1}/{len(todo)}] {spec.key}: {run["status"]}, val {val}, {f["steps"]} steps, {fmt_count(f["tokens"])} tokens, {how}')
         kept.extend(s.key for s in specs if s.key not in kept)
         return [result['runs'][s.key] for s in specs]
 
@@ -788,7 +810,7 @@ def cmd_experiment(args) -> int:
             continue
         runs_dir = None if args.no_checkpoints else cache_dir() / 'experiments' / f'{exp.name}-{args.scale}'
         res = run_experiment(exp, args.scale, results=args.results, force=args.force, device=args.device,
-                             seeds=seeds, runs_dir=runs_dir, progress=args.progress)
+                             seeds=seeds, runs_dir=runs_dir, progress=args.progress, reuse=not args.no_reuse)
         print_summary(res)
         if SCALES[args.scale].persist: print(f'wrote {result_path(exp.name, args.scale, args.results)}')
     return 0
@@ -803,6 +825,7 @@ def _experiment_args(p) -> None:
     p.add_argument('--seeds', help="comma-separated seeds instead of the scale's, e.g. 0,1,2")
     p.add_argument('--results', help='folder for result files (default: nbs/results in the repo, else ./results)')
     p.add_argument('--no-checkpoints', action='store_true', help='do not keep checkpoints of runs in progress')
+    p.add_argument('--no-reuse', action='store_true', help="train every run, even one another experiment's result file already holds")
     p.add_argument('--progress', action='store_true', help='show a progress bar per run')
 
 COMMANDS['experiment'] = Command(cmd_experiment, _experiment_args, "run a notebook's experiments at a scale and write result files")
