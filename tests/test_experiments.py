@@ -243,3 +243,15 @@ def test_a_run_is_not_trained_twice_across_experiments(keep_scale, capsys):
     assert fresh['runs']['base/seed=1']['final']['val_loss'] == first['runs']['base/seed=1']['final']['val_loss']   # deterministic
     probed = run_experiment(Experiment('e4', {'base': {}}, probes={'one': lambda tr: 1.0}), keep_scale, verbose=False)
     assert 'reused_from' not in probed['runs']['base/seed=1']       # a probe records more than the stored run has
+
+
+def test_an_interrupted_result_is_not_current(keep_scale):
+    from tinylm.experiments import is_complete, is_current
+    res = run_experiment(Experiment('c', {'a': {}, 'b': {'norm_placement': 'pre'}}, tune_lr=True), keep_scale, verbose=False)
+    assert res['complete'] and is_current(res)
+    older = {k: v for k, v in res.items() if k != 'complete'}                     # files written before the flag: by shape
+    assert is_complete(older)
+    assert not is_complete({k: v for k, v in older.items() if k != 'tuning'})      # stopped during the tuning stage
+    one_short = dict(older, runs={k: v for k, v in older['runs'].items() if k != 'b/seed=1'})
+    assert not is_complete(one_short) and not is_current(one_short)
+    assert not is_current(dict(res, complete=False))

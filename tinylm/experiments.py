@@ -22,9 +22,9 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 
            'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget',
            'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir', 'result_path',
            'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
-           'run_index', 'run_experiment', 'final_value', 'is_current', 'compared_runs', 'summarize', 'describe',
-           'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts',
-           'verdict_table', 'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new',
+           'run_index', 'run_experiment', 'final_value', 'is_complete', 'is_current', 'compared_runs', 'summarize',
+           'describe', 'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval',
+           'verdicts', 'verdict_table', 'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new',
            'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep',
            'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark',
            'find_experiments', 'describe_plan', 'cmd_experiment', 'headline', 'course_table']
@@ -357,6 +357,7 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
                   data=dict(corpus=sc.corpus, tokenizer=tok.name, vocab_size=tok.vocab_size,
                   train_tokens=data.n_tokens('train'), val_tokens=data.n_tokens('val')), variants=list(exp.variants))
     result.setdefault('runs', {})
+    result['complete'] = False   # until the last run is in: an interrupted file says so, and resumes
     if path is not None and (commit := git_commit()) and commit.endswith('+dirty') and verbose:
         print(f'warning: the tinylm checkout has uncommitted changes ({commit[:12]}+dirty): commit first, then run, '
               'so the result file names a commit that holds the code that ran')
@@ -412,6 +413,7 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
     else: result.pop('tuning', None)
     run_all(plan(exp, scale, tok.vocab_size, device, seeds, lrs), 'comparison')
     result['runs'] = {k: result['runs'][k] for k in kept}  # plan order; drops runs no longer planned
+    result['complete'] = True
     if path is not None: save_result(result, path)
     return result
 
@@ -425,9 +427,17 @@ def final_value(run: dict, metric: str = 'val_loss'):
     if run['final'].get(metric) is not None: return run['final'][metric]
     return next((r[metric] for r in reversed(run['curves']) if r.get(metric) is not None), None)
 
+def is_complete(result: dict) -> bool:
+    "Whether `result` holds a finished experiment, not one interrupted mid-way (its `complete` flag, or for older files its shape)."
+    if 'complete' in result: return bool(result['complete'])
+    if result.get('tune_lr') and 'tuning' not in result: return False
+    counts = {v: sum(r['variant'] == v for r in compared_runs(result)) for v in result.get('variants', [])}
+    return bool(counts) and min(counts.values()) >= 1 and len(set(counts.values())) == 1
+
 def is_current(result: dict | None) -> bool:
-    "Whether every run of `result` was made by this harness (`HARNESS_VERSION`): older files are shown as not yet re-run."
-    return bool(result) and all(r.get('fingerprint', {}).get('harness') == HARNESS_VERSION for r in result['runs'].values())
+    "Whether `result` is a finished experiment whose every run was made by this harness (`HARNESS_VERSION`); others show as not yet re-run."
+    return (bool(result) and all(r.get('fingerprint', {}).get('harness') == HARNESS_VERSION for r in result['runs'].values())
+            and is_complete(result))
 
 def compared_runs(result: dict) -> list[dict]:
     "The runs that are compared: all of them, less the LR-tuning stage of a tuned experiment."
@@ -850,7 +860,9 @@ def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
     for e in sorted(EXPERIMENTS.values(), key=lambda e: (e.notebook or '', e.name)):
         if not e.notebook or (res := load_result(e.name, scale, results)) is None: continue
         if isinstance(e, Experiment) and not is_current(res):
-            found = [f'made by an older harness (one LR for all, random eval windows): not yet re-run with `tinylm experiment {e.name}`']
+            found = [f'made by an older harness (one LR for all, random eval windows): not yet re-run with `tinylm experiment {e.name}`'
+                     if not all(r.get('fingerprint', {}).get('harness') == HARNESS_VERSION for r in res['runs'].values())
+                     else f'interrupted mid-way ({len(res["runs"])} runs so far): `tinylm experiment {e.name}` finishes it']
         elif not (found := headline(res, e)): continue
         lines.append(f"| [{e.notebook}]({e.notebook}.ipynb) | `{e.name}` | {res['scale']} | {'<br>'.join(map(_cell, found))} |")
     return '\n'.join(lines)
