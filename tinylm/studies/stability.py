@@ -12,11 +12,12 @@ from torch import nn, Tensor
 from ..attention import MultiHeadAttention, causal_mask
 from ..model import Transformer
 from ..experiments import (EXPERIMENT_BASE, Experiment, axes_or_new, combine, config_value, describe, grid,
-                                group_label, plot_title, register_experiment)
+                                group_label, mean_interval, plot_title, register_experiment, verdict)
 
 # %% auto #0
-__all__ = ['STABILITY_PROBES', 'STABILITY_CONFIGS', 'STABILITY_LRS', 'STABILITY_EXPERIMENT', 'logit_stats', 'stability_stats',
-           'max_attn_logit', 'min_attn_entropy', 'max_output_logit', 'mean_log_z', 'lr_sensitivity', 'final_probe',
+__all__ = ['STABILITY_PROBES', 'STABILITY_CONFIGS', 'STABILITY_LRS', 'STABILITY_CLAIMS', 'STABILITY_EXPERIMENT', 'logit_stats',
+           'stability_stats', 'max_attn_logit', 'min_attn_entropy', 'max_output_logit', 'mean_log_z', 'lr_sensitivity',
+           'config_name', 'sensitivity_difference', 'sensitivity_table', 'sensitivity_headline', 'final_probe',
            'print_stability', 'plot_probe_sweep']
 
 # %% ../../nbs/studies/13_stability.ipynb #cfb076b2
@@ -105,6 +106,52 @@ def lr_sensitivity(result: dict, # a result dict of an LR sweep (`load_result`)
                       losses=losses, diverged=sum(r['status'] != 'ok' for rs in by_x.values() for r in rs), init_loss=l0)
     return out
 
+# %% ../../nbs/studies/13_stability.ipynb #77013816
+def config_name(variant: str) -> str:
+    "The configuration part of a sweep variant's name: 'qk_norm | lr=0.01' -> 'qk_norm'."
+    return variant.split(' | ')[0]
+
+def sensitivity_difference(result: dict, # a result dict of an LR sweep with the same seeds in every group
+                           config: str, # a configuration name (the variant name before ' | ')
+                           reference: str, # the configuration it is compared with
+                           key: str = 'lr', metric: str = 'val_loss', init_loss: float | None = None,
+                          ) -> dict[str, dict]:
+    "`config` minus `reference` in LR sensitivity and in best loss, each computed per seed and paired by seed, with 95% intervals and verdicts."
+    names = {config_name(r['variant']): group_label(r, key) for r in result['runs'].values()}
+    for c in (config, reference):
+        if c not in names: raise ValueError(f"{c!r} is not a configuration of {result['experiment']}: {', '.join(names)}")
+    by_seed = {}
+    for s in sorted({r['seed'] for r in result['runs'].values()}):
+        sens = lr_sensitivity(dict(result, runs={k: r for k, r in result['runs'].items() if r['seed'] == s}), key, metric, init_loss)
+        if names[config] in sens and names[reference] in sens: by_seed[s] = (sens[names[config]], sens[names[reference]])
+    out = dict(config=config, reference=reference, seeds=sorted(by_seed))
+    for what, below, above in (('sensitivity', 'less sensitive', 'more sensitive'), ('best_loss', 'better', 'worse')):
+        ci = mean_interval([a[what] - b[what] for a, b in by_seed.values()])
+        out[what] = dict(ci, verdict=verdict(ci['lo'], ci['hi'], below, above),
+                         values=(statistics.fmean(a[what] for a, _ in by_seed.values()), statistics.fmean(b[what] for _, b in by_seed.values())))
+    return out
+
+def sensitivity_table(result: dict, pairs: list[tuple[str, str]], key: str = 'lr') -> str:
+    "A markdown table with one row per (configuration, reference): seed-mean LR sensitivity and best loss of both, the paired differences with 95% intervals and verdicts."
+    lines = ['| configuration | reference | LR sensitivity | Δ sensitivity [95%] | verdict | best loss | Δ best loss [95%] | verdict | seeds |',
+             '|---|---|---|---|---|---|---|---|---|']
+    ci = lambda d: f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d['lo'] is not None else (f"{d['mean']:+.4f}" if d['mean'] is not None else '–')
+    for a, b in pairs:
+        d = sensitivity_difference(result, a, b, key)
+        s, l = d['sensitivity'], d['best_loss']
+        lines.append(f"| {a} | {b} | {s['values'][0]:.4f} vs {s['values'][1]:.4f} | {ci(s)} | **{s['verdict']}** "
+                     f"| {l['values'][0]:.4f} vs {l['values'][1]:.4f} | {ci(l)} | **{l['verdict']}** | {len(d['seeds'])} |")
+    return '\n'.join(lines)
+
+def sensitivity_headline(result: dict, pairs: list[tuple[str, str]], key: str = 'lr') -> list[str]:
+    "Short lines for the course table: per pair, the LR-sensitivity difference with its interval and verdict."
+    out = []
+    for a, b in pairs:
+        s = sensitivity_difference(result, a, b, key)['sensitivity']
+        ci = f" [{s['lo']:+.3f}, {s['hi']:+.3f}]" if s['lo'] is not None else ''
+        out.append(f"{a} vs {b}: LR sensitivity {s['verdict']} ({s['mean']:+.3f}{ci}, {s['n']} seeds)")
+    return out
+
 # %% ../../nbs/studies/13_stability.ipynb #1cedfaf8
 def final_probe(run: dict, name: str) -> float | None:
     "The last recorded value of probe `name` in a run's curves (None if it never ran)."
@@ -155,11 +202,12 @@ def plot_probe_sweep(result: dict, probe: str = 'max_attn_logit', key: str = 'lr
 STABILITY_CONFIGS = {'baseline': dict(qk_norm='none', z_loss=0.0), 'qk_norm': dict(qk_norm='rms', z_loss=0.0),
                      'z_loss': dict(qk_norm='none', z_loss=1e-4), 'qk_norm + z_loss': dict(qk_norm='rms', z_loss=1e-4)}
 STABILITY_LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+STABILITY_CLAIMS = (('qk_norm', 'baseline'), ('z_loss', 'baseline'), ('qk_norm + z_loss', 'baseline'), ('qk_norm + z_loss', 'qk_norm'))
 
 STABILITY_EXPERIMENT = register_experiment(Experiment(
     '13_stability_lr', combine(STABILITY_CONFIGS, grid(lr=STABILITY_LRS)),
     description='LR sweeps to divergence with and without QK-norm and z-loss (pre-norm, RMSNorm, no bias): '
                 'QK-norm and z-loss lower LR sensitivity (Wortsman et al. 2023)',
     base={**EXPERIMENT_BASE, 'norm_placement': 'pre', 'norm': 'rms', 'bias': False},
-    scales={'cpu': dict(seeds=(0,), eval_interval=25), 'gpu': dict(seeds=(0,))},
-    probes=STABILITY_PROBES, claims=(), notebook='13_stability'))
+    scales={'cpu': dict(eval_interval=50), 'gpu': dict(seeds=(1,))},
+    probes=STABILITY_PROBES, claims=(), headline=lambda res: sensitivity_headline(res, STABILITY_CLAIMS), notebook='13_stability'))
