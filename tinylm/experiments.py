@@ -24,10 +24,11 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 
            'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
            'run_index', 'run_experiment', 'final_value', 'is_complete', 'is_current', 'compared_runs', 'summarize',
            'describe', 'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval',
-           'verdicts', 'verdict_table', 'claims_table', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new',
-           'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep',
-           'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark',
-           'find_experiments', 'describe_plan', 'cmd_experiment', 'headline', 'course_table']
+           'verdicts', 'verdict_table', 'claims_table', 'show_markdown', 'show_claims', 'show_verdicts',
+           'noise_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label',
+           'config_value', 'plot_lr_sweep', 'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark',
+           'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment', 'headline',
+           'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -569,7 +570,8 @@ def claims_table(result: dict, pairs: list | None = None, metric: str = 'val_los
         lines.append(f"| {_cell(a)} | {side(ra)} | {_cell(b)} | {side(rb)} | {_f(d['mean'], sign=True)} | {ci} | {d['n']} | **{d['verdict']}** |")
     return '\n'.join(lines)
 
-def _display_markdown(text: str):
+def show_markdown(text: str):
+    "Display `text` as markdown in a notebook (so a computed table renders, and reaches the docs and README), printed elsewhere."
     try:
         from IPython import get_ipython
         from IPython.display import Markdown, display
@@ -579,11 +581,11 @@ def _display_markdown(text: str):
 
 def show_claims(result: dict, pairs: list | None = None, metric: str = 'val_loss'):
     "Display `claims_table` as markdown in a notebook (printed elsewhere), under a line saying what the result is."
-    return _display_markdown(f'{describe(result)}\n\n' + claims_table(result, pairs, metric))
+    return show_markdown(f'{describe(result)}\n\n' + claims_table(result, pairs, metric))
 
 def show_verdicts(result: dict, reference: str | None = None, metric: str = 'val_loss', variants: list[str] | None = None):
     "Display `verdict_table` as markdown in a notebook (printed elsewhere), under a line saying what the result is."
-    return _display_markdown(f'{describe(result)}\n\n' + verdict_table(result, reference, metric, variants))
+    return show_markdown(f'{describe(result)}\n\n' + verdict_table(result, reference, metric, variants))
 
 # %% ../nbs/06_experiments.ipynb #588f7f6b
 def noise_summary(result: dict) -> dict:

@@ -12,13 +12,13 @@ from torch import nn, Tensor
 from ..attention import MultiHeadAttention, causal_mask
 from ..model import Transformer
 from ..experiments import (EXPERIMENT_BASE, Experiment, axes_or_new, combine, config_value, describe, grid,
-                                group_label, mean_interval, plot_title, register_experiment, verdict)
+                                group_label, mean_interval, plot_title, register_experiment, show_markdown, verdict)
 
 # %% auto #0
 __all__ = ['STABILITY_PROBES', 'STABILITY_CONFIGS', 'STABILITY_LRS', 'STABILITY_CLAIMS', 'STABILITY_EXPERIMENT', 'logit_stats',
            'stability_stats', 'max_attn_logit', 'min_attn_entropy', 'max_output_logit', 'mean_log_z', 'lr_sensitivity',
-           'config_name', 'sensitivity_difference', 'sensitivity_table', 'sensitivity_headline', 'final_probe',
-           'print_stability', 'plot_probe_sweep']
+           'config_name', 'sensitivity_difference', 'sensitivity_table', 'show_sensitivity', 'sensitivity_headline',
+           'final_probe', 'print_stability', 'plot_probe_sweep']
 
 # %% ../../nbs/studies/13_stability.ipynb #cfb076b2
 def _attention_scores(q: Tensor, k: Tensor) -> Tensor:
@@ -142,6 +142,10 @@ def sensitivity_table(result: dict, pairs: list[tuple[str, str]], key: str = 'lr
         lines.append(f"| {a} | {b} | {s['values'][0]:.4f} vs {s['values'][1]:.4f} | {ci(s)} | **{s['verdict']}** "
                      f"| {l['values'][0]:.4f} vs {l['values'][1]:.4f} | {ci(l)} | **{l['verdict']}** | {len(d['seeds'])} |")
     return '\n'.join(lines)
+
+def show_sensitivity(result: dict, pairs: list[tuple[str, str]] | None = None, key: str = 'lr'):
+    "Display `sensitivity_table` (default pairs: `STABILITY_CLAIMS`) as markdown under a line saying what the result is."
+    return show_markdown(f'{describe(result)}\n\n' + sensitivity_table(result, pairs or STABILITY_CLAIMS, key))
 
 def sensitivity_headline(result: dict, pairs: list[tuple[str, str]], key: str = 'lr') -> list[str]:
     "Short lines for the course table: per pair, the LR-sensitivity difference with its interval and verdict."
