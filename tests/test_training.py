@@ -1,13 +1,15 @@
 """Training: schedules, optimizer groups, exact resume, divergence, checkpoints that load safely."""
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
 
 from tinylm.data import TokenDataset
 from tinylm.model import baseline_2017
-from tinylm.training import TrainConfig, Trainer, TrainingDiverged, evaluate, evaluate_split, load_checkpoint, lr_at, model_from_checkpoint, param_groups, read_metrics, train
+from tinylm.training import RunFolderInUse, TrainConfig, Trainer, TrainingDiverged, run_folder_lock, evaluate, evaluate_split, load_checkpoint, lr_at, model_from_checkpoint, param_groups, read_metrics, train
 from tinylm.model import ModelConfig, Transformer
 
 
@@ -50,7 +52,7 @@ def test_resume_reproduces_the_loss_trajectory_exactly(data, tmp_path):
     full = train(MODEL, TrainConfig(**KW), data, tmp_path / 'full')
     with pytest.raises(KeyboardInterrupt):
         train(MODEL, TrainConfig(**KW), InterruptAfter(data, 13), tmp_path / 'cut')
-    assert load_checkpoint(tmp_path / 'cut')['step'] == 13
+    assert load_checkpoint(tmp_path / 'cut')['step'] == 8   # an exception mid-step 14 keeps the last evaluation's checkpoint
     resumed = train(MODEL, TrainConfig(**KW), data, tmp_path / 'cut', resume=True)
     assert len(losses(full.records)) == 24
     assert losses(resumed.records) == losses(full.records)          # bit for bit on CPU
@@ -195,3 +197,58 @@ def test_checkpoints_of_tinylm_0_1_still_load(tmp_path):
         load_checkpoint(tmp_path / 'v7.pt')
     with pytest.raises(ValueError, match="attention='flash'; tinylm 0.1 knew only 'mha' and 'gqa'"):
         ModelConfig.from_dict({**cfg.to_dict(), 'attention': 'flash'})
+
+
+class SigintAfter(InterruptAfter):
+    "Sends this process SIGINT (a real Ctrl-C) in the middle of step n + 1, then carries on."
+
+    def get_batch(self, split, *a, **k):
+        if split == 'train':
+            if self.n == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            self.n -= 1
+        return self.data.get_batch(split, *a, **k)
+
+
+def test_ctrl_c_finishes_the_step_and_resumes_exactly(data, tmp_path):
+    full = train(MODEL, TrainConfig(**KW), data, tmp_path / 'full')
+    with pytest.raises(KeyboardInterrupt):
+        train(MODEL, TrainConfig(**KW), SigintAfter(data, 13), tmp_path / 'cut')
+    assert load_checkpoint(tmp_path / 'cut')['step'] == 14          # the step the signal arrived in, finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # the handler is put back
+    resumed = train(MODEL, TrainConfig(**KW), data, tmp_path / 'cut', resume=True)
+    assert [r['train_loss'] for r in resumed.records if 'train_loss' in r] == [r['train_loss'] for r in full.records if 'train_loss' in r]
+
+
+def test_a_run_folder_is_locked_while_training(data, tmp_path):
+    with run_folder_lock(tmp_path / 'run'):
+        with pytest.raises(RunFolderInUse, match=r'run folder .*run is in use by another tinylm process \(pid \d+\)'):
+            train(MODEL, TrainConfig(**KW), data, tmp_path / 'run')
+    train(MODEL, TrainConfig(**KW).replace(max_steps=2), data, tmp_path / 'run')   # free again
+    assert sorted(p.name for p in (tmp_path / 'run').iterdir()) == ['ckpt.pt', 'loss.png', 'metrics.jsonl']
+
+
+def test_resume_edges(data, tmp_path):
+    run = tmp_path / 'run'
+    done = train(MODEL, TrainConfig(**KW), data, run)
+    again = train(MODEL, TrainConfig(**KW), data, run, resume=True)      # a finished run: the same result, no new lines
+    assert (again.step, again.val_loss, read_metrics(run)) == (24, done.val_loss, done.records)
+    with open(run / 'metrics.jsonl', 'a') as f:
+        f.write('{"step": 25, "train_lo')                                  # torn by a kill
+    with pytest.raises(ValueError, match=r'metrics.jsonl: line 28 is not a JSON record'):
+        read_metrics(run)
+    (run / '.ckpt.pt.dead.tmp').write_bytes(b'0' * 1000)
+    train(MODEL, TrainConfig(**KW), data, run, resume=True)
+    assert read_metrics(run) == done.records and not list(run.glob('.*.tmp'))
+    (run / 'ckpt.pt').unlink()
+    fresh = train(MODEL, TrainConfig(**KW), data, run, resume=True)      # nothing to resume: a fresh log, not appended
+    assert read_metrics(run) == fresh.records and len(fresh.records) == len(done.records)
+
+
+@pytest.mark.parametrize('text, message', [('{"step": 1}\nnot json\n{"step": 2}\n', 'line 2 is not a JSON record'),
+                                           ('[1, 2]\n', 'line 1 is not a metrics record'),
+                                           ('{"step": "1"}\n', 'line 1 is not a metrics record')])
+def test_damaged_metrics_name_the_file_and_line(tmp_path, text, message):
+    (tmp_path / 'metrics.jsonl').write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_metrics(tmp_path, torn_tail=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #44252308
 from __future__ import annotations
-import dataclasses, json, math, time
+import contextlib, dataclasses, json, math, os, signal, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +19,12 @@ from .core import (Registry, atomic_write, autocast, autocast_dtype, config_from
 from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_token
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'MODEL_FIELDS', 'TRAIN_FIELDS', 'TrainConfig',
-           'validate_train', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules',
-           'param_groups', 'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint',
-           'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged', 'TrainResult',
-           'Trainer', 'train', 'split_overrides']
+__all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RUN_FILES', 'MODEL_FIELDS', 'TRAIN_FIELDS',
+           'TrainConfig', 'validate_train', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at',
+           'plot_schedules', 'param_groups', 'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint',
+           'load_checkpoint', 'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot',
+           'TrainingDiverged', 'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Trainer',
+           'train', 'split_overrides']
 
 # %% ../nbs/05_training.ipynb #c00081bc
 SCHEDULES = Registry('schedule')  # (step, cfg) -> multiplier of cfg.lr
@@ -223,11 +224,24 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = 'cpu') 
     return model.to(device).eval(), ckpt
 
 # %% ../nbs/05_training.ipynb #a38e8dbf
-def read_metrics(path: str | Path) -> list[dict]:
-    "Read a `metrics.jsonl` file (or the one in a run folder) into a list of dicts."
+def read_metrics(path: str | Path, # a metrics.jsonl file or a run folder
+                 torn_tail: bool = False, # drop an unterminated, unparsable last line (a write cut off by a kill)
+                ) -> list[dict]:
+    "Read a `metrics.jsonl` file (or the one in a run folder) into a list of dicts; a bad line is an error naming the file and line."
     path = Path(path)
     if path.is_dir(): path = path / 'metrics.jsonl'
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    text = path.read_text(encoding='utf-8')
+    lines, records = text.split('\n'), []
+    for i, line in enumerate(lines, 1):
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_tail and i == len(lines): break   # the last line has no newline: its write was cut off
+            raise ValueError(f'{path}: line {i} is not a JSON record ({e.msg}); the file is damaged') from None
+        if not isinstance(rec, dict) or not isinstance(rec.get('step'), int):
+            raise ValueError(f'{path}: line {i} is not a metrics record (a JSON object with an integer step)')
+        records.append(rec)
+    return records
 
 def plot_metrics(records: list[dict], ax=None, title: str | None = None):
     "Plot training and validation loss against tokens seen."
@@ -249,6 +263,45 @@ def save_loss_plot(records: list[dict], path: str | Path, title: str | None = No
 # %% ../nbs/05_training.ipynb #b8d94995
 class TrainingDiverged(RuntimeError):
     "Raised when the loss or gradient norm becomes NaN or infinite."
+
+class RunFolderInUse(OSError):
+    "Raised when another process is training into the same run folder."
+
+RUN_FILES = ('ckpt.pt', 'metrics.jsonl', 'loss.png', 'summary.json', 'sample.txt')   # what a run folder holds
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path | None):
+    "Hold an exclusive `flock` on `out_dir/.lock` for the block (the OS drops it if the process dies); `RunFolderInUse` if another process holds it."
+    if out_dir is None: yield; return
+    try: import fcntl
+    except ImportError: yield; return   # no flock on this platform (Windows): the folder is not locked
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / '.lock'
+    f = open(path, 'a+')
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); pid = f.read().strip()
+            raise RunFolderInUse(f'run folder {out_dir} is in use by another tinylm process{f" (pid {pid})" if pid else ""}: '
+                                 'wait for it to finish, or train into another folder') from None
+        f.seek(0); f.truncate(); f.write(f'{os.getpid()}\n'); f.flush()
+        try: yield
+        finally:
+            with contextlib.suppress(FileNotFoundError): path.unlink()   # still holding the lock, so no one else is using it
+    finally: f.close()   # closing the file releases the lock
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    "Within the block a first Ctrl-C (SIGINT) only sets a flag, so the step in progress can finish; a second one interrupts at once. Yields `pending() -> bool`."
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+        yield lambda: False; return   # signals go to the main thread only; an ignored SIGINT stays ignored
+    hits = []
+    def handler(signum, frame):
+        if hits: raise KeyboardInterrupt   # the second Ctrl-C: stop now
+        hits.append(signum)
+    old = signal.signal(signal.SIGINT, handler)
+    try: yield lambda: bool(hits)
+    finally: signal.signal(signal.SIGINT, old)
 
 @dataclass
 class TrainResult:
@@ -284,6 +337,7 @@ class Trainer:
         self.fwd = torch.compile(self.model) if cfg.compile else self.model
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.tokens, self.elapsed, self.records = 0, 0, 0.0, []
+        self._mid_step = False   # True while `train_step` runs: an interrupt there leaves no exact resume point
         self.tokens_per_step = cfg.batch_size * self.block_size * cfg.grad_accum
         self.flops_per_token = model_flops_per_token(model_cfg, self.block_size)
         self.peak = peak_flops(self.device)
@@ -296,6 +350,7 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------
     def train_step(self) -> tuple[Tensor, Tensor]:
         "Draw `grad_accum` micro-batches, backpropagate their mean loss, clip, step AdamW; returns (loss, grad norm) on the device."
+        self._mid_step = True
         lr = lr_at(self.step, self.cfg)
         for g in self.opt.param_groups: g['lr'] = lr
         loss_sum = torch.zeros((), device=self.device)
@@ -308,39 +363,56 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.opt.step(); self.opt.zero_grad(set_to_none=True)
         self.step += 1; self.tokens += self.tokens_per_step
+        self._mid_step = False
         return loss_sum / self.cfg.grad_accum, grad_norm
 
     # -- the run -------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
-        "Resume if asked, then train until max_steps (or max_seconds), logging, evaluating and checkpointing."
-        self._resume_or_start(resume)
-        cfg, bar = self.cfg, tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.cfg.progress,
-                                  unit='step', dynamic_ncols=True)
-        self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]  # loss sum, steps, time, tokens
-        try:
-            while self.step < cfg.max_steps and (cfg.max_seconds is None or self.elapsed < cfg.max_seconds):
-                t0 = time.perf_counter()
-                loss, gnorm = self.train_step()
-                self._window[0] += loss; self._window[1] += 1
-                last = self.step == cfg.max_steps
-                log_now = self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or last
-                if log_now: train_loss, gn = (self._window[0] / self._window[1]).item(), gnorm.item()  # the one sync per line
-                self.elapsed += time.perf_counter() - t0   # training time only: evaluation is not counted
-                bar.update(1)
-                if not log_now: continue
-                self._log_train(train_loss, gn, bar)
-                if self.step % cfg.eval_interval == 0 or last: self._evaluate_and_save(bar, train_loss)
-        except KeyboardInterrupt:
+        "Lock the run folder, resume if asked, then train until max_steps (or max_seconds), logging, evaluating and checkpointing."
+        with run_folder_lock(self.out_dir), deferred_interrupt() as interrupted:
+            self._resume_or_start(resume)
+            cfg, bar = self.cfg, tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.cfg.progress,
+                                      unit='step', dynamic_ncols=True)
+            self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]  # loss sum, steps, time, tokens
+            try:
+                while self.step < cfg.max_steps and (cfg.max_seconds is None or self.elapsed < cfg.max_seconds):
+                    t0 = time.perf_counter()
+                    loss, gnorm = self.train_step()
+                    self._window[0] += loss; self._window[1] += 1
+                    last = self.step == cfg.max_steps
+                    log_now = self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or last
+                    if log_now: train_loss, gn = (self._window[0] / self._window[1]).item(), gnorm.item()  # the one sync per line
+                    self.elapsed += time.perf_counter() - t0   # training time only: evaluation is not counted
+                    bar.update(1)
+                    if log_now:
+                        self._log_train(train_loss, gn, bar)
+                        if self.step % cfg.eval_interval == 0 or last: self._evaluate_and_save(bar, train_loss)
+                    if interrupted() and not last: raise KeyboardInterrupt   # Ctrl-C during the step: stop at its end
+            except KeyboardInterrupt:
+                bar.close()
+                self._on_interrupt()
+                raise
             bar.close()
-            if self.ckpt_path: self.checkpoint(); print(f'interrupted at step {self.step}; saved {self.ckpt_path} (resume=True continues)')
-            raise
-        bar.close()
-        return self._finish()
+            return self._finish()
+
+    def _on_interrupt(self) -> None:
+        "Checkpoint if the interrupt came between steps (an exact resume point); mid-step, keep the last checkpoint."
+        if not self.ckpt_path: return
+        if self._mid_step:
+            kept = f'the last checkpoint ({self.ckpt_path}) is kept' if self.ckpt_path.exists() else 'no checkpoint was saved yet'
+            print(f'interrupted in the middle of step {self.step + 1}; {kept} (resume=True continues from it)')
+        else:
+            self.checkpoint(); print(f'interrupted at step {self.step}; saved {self.ckpt_path} (resume=True continues)')
 
     def _resume_or_start(self, resume: bool) -> None:
-        if self.out_dir: self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume: self.resume()
-        elif self.metrics_path and self.metrics_path.exists(): self.metrics_path.unlink()  # a fresh run starts a fresh log
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for name in RUN_FILES:   # temp files of writes a kill cut short (we hold the lock, so no write is in flight)
+                for tmp in self.out_dir.glob(f'.{name}.*.tmp'): tmp.unlink(missing_ok=True)
+        if resume and self.resume(): return
+        if self.metrics_path and self.metrics_path.exists():   # a fresh run (or one with no checkpoint to resume) starts a fresh log
+            if resume: print(f'no checkpoint in {self.out_dir}: starting from step 0, replacing the metrics.jsonl of the run that left no checkpoint')
+            self.metrics_path.unlink()
 
     def _log_train(self, train_loss: float, grad_norm: float, bar) -> None:
         "Stop on a non-finite loss, else write a training line for the steps since the last one."
@@ -409,7 +481,7 @@ class Trainer:
         self.data_gen.set_state(ckpt['data_rng']); torch.set_rng_state(ckpt['torch_rng'])
         if 'cuda_rng' in ckpt and self.device.type == 'cuda': torch.cuda.set_rng_state(ckpt['cuda_rng'], self.device)
         if self.metrics_path and self.metrics_path.exists():
-            self.records = [r for r in read_metrics(self.metrics_path) if r['step'] <= self.step]
+            self.records = [r for r in read_metrics(self.metrics_path, torn_tail=True) if r['step'] <= self.step]
             with atomic_write(self.metrics_path, 'w') as f: f.writelines(json.dumps(r) + '\n' for r in self.records)
         return True
 
