@@ -47,7 +47,7 @@ def test_console_script_train_then_sample(tmp_path):
     cont = s.stdout.rstrip('\n')[len('And th'):]
     assert 'e' not in cont[:-1] and (cont.endswith('e') or len(cont) == 60), cont
     s = subprocess.run([exe, 'sample', str(out), '--top-p', '1.5'], capture_output=True, text=True, env=env, timeout=120)
-    assert s.returncode == 2 and 'top_p=1.5 must be a number in (0, 1]' in s.stderr
+    assert s.returncode == 2 and "argument --top-p: '1.5' is not a number in (0, 1]" in s.stderr
 
 
 def test_resume_from_the_command_line_matches_an_uninterrupted_run(tmp_path, capsys):
@@ -82,6 +82,10 @@ def test_overrides_reach_the_configs(tmp_path, capsys):
     (['train', '--tokenizer', 'wordpiece'], 'wordpiece'),
     (['train', '--device', 'tpu'], "device 'tpu' is not a device name"),
     (['sample', 'no/such/run'], 'no checkpoint at'),
+    (['train', '--set', 'grad_clip=nan'], 'TrainConfig.grad_clip=nan must be a finite number'),
+    (['train', '--set', 'norm_eps=inf'], 'ModelConfig.norm_eps=inf must be a finite number'),
+    (['train', '--set', 'vocab_size=10'], '--set vocab_size=10 is smaller than the vocabulary of the tokenizer'),
+    (['train', '--lr', '1e39', '--set', 'warmup_steps=0'], 'TrainConfig.lr=1e+39 must be in (0, 1e6]'),
 ])
 def test_errors_are_one_clear_line(argv, message, capsys):
     rc, out, err = run(capsys, *argv, *(['--preset', 'tiny'] if argv[0] == 'train' and '--preset' not in argv else []))
@@ -91,11 +95,22 @@ def test_errors_are_one_clear_line(argv, message, capsys):
     assert message in lines[0]
 
 
-def test_argparse_errors_exit_2_with_usage(capsys):
+@pytest.mark.parametrize('argv, message', [
+    (['train', '--max-steps', 'ten'], "argument --max-steps: 'ten' is not a positive integer"),
+    (['train', '--max-steps', '0'], "argument --max-steps: '0' is not a positive integer"),
+    (['train', '--lr', 'nan'], "argument --lr: 'nan' is not a positive number"),
+    (['train', '--lr', '-0.001'], "argument --lr: '-0.001' is not a positive number"),
+    (['train', '--seed', '-1'], "argument --seed: '-1' is not a non-negative integer"),
+    (['sample', 'run', '--num-samples', '-1'], "argument --num-samples: '-1' is not a positive integer"),
+    (['sample', 'run', '--tokens', '0'], "argument --tokens: '0' is not a positive integer"),
+    (['sample', 'run', '--temperature', 'inf'], "argument --temperature: 'inf' is not a non-negative number"),
+    (['sample', 'run', '--top-k', '0'], "argument --top-k: '0' is not a positive integer"),
+])
+def test_argparse_errors_exit_2_with_usage(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
-        main(['train', '--max-steps', 'ten'])
+        main(argv)
     assert e.value.code == 2
-    assert "argument --max-steps: invalid int value: 'ten'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_listings(capsys):
@@ -103,3 +118,11 @@ def test_listings(capsys):
     assert [line.split()[0] for line in listing.splitlines()[:2]] == ['kjv', 'pystdlib']
     out = run(capsys, 'presets')[1]
     assert 'default' in out and 'baseline_2017' in out
+
+
+def test_a_busy_run_folder_is_one_clear_line(capsys, tmp_path):
+    from tinylm.training import run_folder_lock
+    with run_folder_lock(tmp_path / 'run'):   # as if another `tinylm train --out run` were running
+        rc, out, err = run(capsys, 'train', '--preset', 'tiny', '--out', str(tmp_path / 'run'), '--no-progress')
+    assert rc == 2 and err.strip().startswith('tinylm train: error: run folder') and 'is in use by another tinylm process' in err
+    assert len(err.strip().splitlines()) == 1

@@ -90,7 +90,12 @@ def test_causality_of_the_whole_model():
     (dict(norm_placement='middle'), "ModelConfig.norm_placement='middle' is not a known norm_placement"),
     (dict(dropout=-0.1), 'ModelConfig.dropout=-0.1 must be in [0, 1)'),
     (dict(n_layer=0), 'ModelConfig.n_layer=0 must be a positive integer'),
-    (dict(vocab_size=2.5), 'ModelConfig.vocab_size=2.5 must be a positive integer'),
+    (dict(vocab_size=2.5), 'ModelConfig.vocab_size=2.5 must be an integer'),
+    (dict(dropout='0.1'), "ModelConfig.dropout='0.1' must be a finite number, got str"),
+    (dict(init_std=float('inf')), 'ModelConfig.init_std=inf must be a finite number'),
+    (dict(norm_eps=float('inf')), 'ModelConfig.norm_eps=inf must be a finite number'),
+    (dict(n_kv_head=True), 'ModelConfig.n_kv_head=True must be an integer or None, got bool'),
+    (dict(attn_softcap=float('nan')), 'ModelConfig.attn_softcap=nan must be a finite number or None'),
     (dict(d_ff=-1), 'ModelConfig.d_ff=-1 must be a positive integer'),
     (dict(attn_impl='flash'), "ModelConfig.attn_impl='flash' is not allowed; allowed: 'sdpa', 'naive'"),
     (dict(bias='yes'), "ModelConfig.bias='yes' must be True or False"),
@@ -99,6 +104,11 @@ def test_config_errors_name_field_and_allowed_values(kwargs, message):
     with pytest.raises(ValueError) as e:
         ModelConfig(**kwargs)
     assert message in str(e.value)
+
+
+def test_from_dict_needs_a_dict():
+    with pytest.raises(ValueError, match='ModelConfig.from_dict needs a dict of fields, got NoneType'):
+        ModelConfig.from_dict(None)
 
 
 def test_config_round_trip_and_unknown_fields():

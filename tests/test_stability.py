@@ -156,7 +156,7 @@ def test_lr_sensitivity_definition():
 def test_experiment_is_registered():
     assert EXPERIMENTS['13_stability_lr'] is STABILITY_EXPERIMENT
     specs = plan(STABILITY_EXPERIMENT, 'cpu', vocab_size=65)
-    assert len(specs) == 24 and {s.seed for s in specs} == {0}
+    assert len(specs) == 72 and {s.seed for s in specs} == {1, 2, 3}   # the whole sweep for each comparison seed
     assert {(s.model.norm_placement, s.model.norm, s.model.bias) for s in specs} == {('pre', 'rms', False)}
     assert {s.train.lr for s in specs} == {1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1}
     assert {(s.model.qk_norm, s.model.z_loss) for s in specs} == {('none', 0.0), ('rms', 0.0), ('none', 1e-4), ('rms', 1e-4)}

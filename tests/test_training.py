@@ -129,7 +129,17 @@ def test_param_groups_cover_every_parameter_once():
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(lr=-1.0), 'TrainConfig.lr=-1.0 must be > 0'),
+    (dict(lr=-1.0), 'TrainConfig.lr=-1.0 must be in (0, 1e6]'),
+    (dict(lr=1e39), 'TrainConfig.lr=1e+39 must be in (0, 1e6]'),
+    (dict(lr=float('inf')), 'TrainConfig.lr=inf must be a finite number'),
+    (dict(lr=None), 'TrainConfig.lr=None must be a finite number, got NoneType'),
+    (dict(eps=float('inf')), 'TrainConfig.eps=inf must be a finite number'),
+    (dict(weight_decay=float('nan')), 'TrainConfig.weight_decay=nan must be a finite number'),
+    (dict(grad_clip=float('nan')), 'TrainConfig.grad_clip=nan must be a finite number'),
+    (dict(block_size=True), 'TrainConfig.block_size=True must be an integer or None, got bool'),
+    (dict(warmup_steps=True), 'TrainConfig.warmup_steps=True must be an integer, got bool'),
+    (dict(seed=False), 'TrainConfig.seed=False must be an integer, got bool'),
+    (dict(device=0), 'TrainConfig.device=0 must be a string'),
     (dict(max_steps=0), 'TrainConfig.max_steps=0 must be a positive integer'),
     (dict(schedule='step'), "TrainConfig.schedule='step' is not a known schedule; allowed: 'cosine', 'noam', 'constant'"),
     (dict(dtype='half'), "TrainConfig.dtype='half' is not allowed; allowed: 'auto', 'float32', 'bfloat16'"),

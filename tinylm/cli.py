@@ -20,8 +20,9 @@ from . import experiments  # noqa: F401  (registers `tinylm experiment`)
 from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern  # noqa: F401  (their experiments)
 
 # %% auto #0
-__all__ = ['RUN_PRESETS', 'RunPreset', 'resolve_run', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora', 'cmd_presets',
-           'build_parser', 'main']
+__all__ = ['RUN_PRESETS', 'positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'probability', 'RunPreset',
+           'resolve_run', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora', 'cmd_presets', 'build_parser',
+           'main']
 
 # %% ../nbs/05a_cli.ipynb #f9ba567d
 @dataclass
@@ -87,7 +88,16 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     tok = corpus_tokenizer(spec, corpus)
     data = prepare_dataset(corpus, tok)
-    mcfg = MODEL_PRESETS[model_name](**{**overrides, 'vocab_size': tok.vocab_size})
+    vocab = overrides.pop('vocab_size', tok.vocab_size)   # the tokenizer's; a larger one pads the embedding, a smaller one cannot work
+    if vocab < tok.vocab_size:
+        raise ValueError(f'--set vocab_size={vocab} is smaller than the vocabulary of the tokenizer ({tok.name}: {tok.vocab_size} ids); '
+                         'it may only be larger (padding), or choose another --tokenizer')
+    mcfg = MODEL_PRESETS[model_name](**{**overrides, 'vocab_size': vocab})
+    prompt = preset.prompt
+    try: tok.encode(prompt)
+    except (ValueError, KeyError):
+        print(f'note: this corpus cannot spell the preset\'s sample prompt {prompt!r}, so the sample will start from nothing')
+        prompt = ''
     with torch.device('meta'): n = count_params(Transformer(mcfg))   # shapes only, no memory
     print(f'corpus {corpus!r}: {fmt_count(data.n_tokens("train"))} train / {fmt_count(data.n_tokens("val"))} val tokens '
           f'({tok.name}, vocab {tok.vocab_size}); data ready in {time.perf_counter() - t0:.1f} s')
@@ -96,7 +106,7 @@ def cmd_train(args) -> int:
     res = train(mcfg, tcfg, data, out, tokenizer=tok, resume=args.resume,
                 corpus=str(corpus), preset=args.preset, model_preset=model_name)
     dev = resolve_device(tcfg.device)
-    text = sample_text(res.model, tok, preset.prompt, preset.sample_tokens, temperature=0.8, top_k=None,
+    text = sample_text(res.model, tok, prompt, preset.sample_tokens, temperature=0.8, top_k=None,
                        seed=tcfg.seed, device=dev)
     with atomic_write(out / 'sample.txt', 'w') as f: f.write(text + '\n')
     summary = dict(preset=args.preset, model_preset=model_name, corpus=str(corpus), tokenizer=tok.name,
@@ -151,6 +161,22 @@ def cmd_presets(args) -> int:
     return 0
 
 # %% ../nbs/05a_cli.ipynb #9fc73c33
+def _arg_type(kind: type, test, rule: str):
+    "An argparse `type=` that parses `kind` and checks `test(value)`, else 'argument --x: VALUE is not RULE' (exit 2)."
+    def parse(text: str):
+        try: v = kind(text)
+        except ValueError: v = None
+        if v is None or (kind is float and not math.isfinite(v)) or not test(v): raise argparse.ArgumentTypeError(f'{text!r} is not {rule}')
+        return v
+    parse.__name__ = rule   # what argparse names in its own messages
+    return parse
+
+positive_int = _arg_type(int, lambda v: v > 0, 'a positive integer')
+non_negative_int = _arg_type(int, lambda v: v >= 0, 'a non-negative integer')
+positive_float = _arg_type(float, lambda v: v > 0, 'a positive number')
+non_negative_float = _arg_type(float, lambda v: v >= 0, 'a non-negative number')
+probability = _arg_type(float, lambda v: 0 < v <= 1, 'a number in (0, 1]')
+
 def _train_args(p):
     p.add_argument('--preset', default='default', help='run preset (see `tinylm presets`; default: %(default)s)')
     p.add_argument('--corpus', help="corpus name, text file, folder or URL (default: the preset's; see `tinylm corpora`)")
@@ -159,11 +185,11 @@ def _train_args(p):
     p.add_argument('--set', action='append', metavar='FIELD=VALUE',
                    help='set any ModelConfig or TrainConfig field, e.g. --set n_layer=6 --set warmup_steps=0 (repeatable; '
                         'prefix model. or train. to be explicit)')
-    p.add_argument('--max-steps', type=int, help='optimizer steps')
-    p.add_argument('--max-seconds', type=float, help='also stop after this many seconds of training')
-    p.add_argument('--lr', type=float, help='peak learning rate')
-    p.add_argument('--batch-size', type=int, help='sequences per micro-batch')
-    p.add_argument('--seed', type=int, help='seed for init, dropout and data order')
+    p.add_argument('--max-steps', type=positive_int, help='optimizer steps')
+    p.add_argument('--max-seconds', type=positive_float, help='also stop after this many seconds of training')
+    p.add_argument('--lr', type=positive_float, help='peak learning rate')
+    p.add_argument('--batch-size', type=positive_int, help='sequences per micro-batch')
+    p.add_argument('--seed', type=non_negative_int, help='seed for init, dropout and data order')
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--out', help='run folder (default: runs/TIMESTAMP-PRESET)')
@@ -172,14 +198,14 @@ def _train_args(p):
 
 def _sample_args(p):
     p.add_argument('run', help='a run folder or a ckpt.pt file')
-    p.add_argument('--prompt', default='', help='text to continue (default: start from nothing)')
-    p.add_argument('--tokens', type=int, default=200, help='tokens to generate (default: %(default)s)')
-    p.add_argument('--temperature', type=float, default=0.8, help='0 = greedy (default: %(default)s)')
-    p.add_argument('--top-k', type=int, default=None, help='sample only among the k most likely tokens')
-    p.add_argument('--top-p', type=float, default=None, help='nucleus sampling: keep the smallest set with this probability mass')
+    p.add_argument('--prompt', default='', help='text to continue (default: start from nothing); a literal <|endoftext|> in it is encoded as that special token')
+    p.add_argument('--tokens', type=positive_int, default=200, help='tokens to generate (default: %(default)s)')
+    p.add_argument('--temperature', type=non_negative_float, default=0.8, help='0 = greedy (default: %(default)s)')
+    p.add_argument('--top-k', type=positive_int, default=None, help='sample only among the k most likely tokens')
+    p.add_argument('--top-p', type=probability, default=None, help='nucleus sampling: keep the smallest set with this probability mass')
     p.add_argument('--stop', default=None, help='stop at the first of these characters/tokens, e.g. "."')
-    p.add_argument('--num-samples', type=int, default=1)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--num-samples', type=positive_int, default=1, help='samples to draw (default: %(default)s)')
+    p.add_argument('--seed', type=non_negative_int, default=0, help='seed of the first sample; sample i uses seed + i')
     p.add_argument('--device', default='cpu')
 
 COMMANDS['train'] = Command(cmd_train, _train_args, 'train a model (no arguments: the ~3-minute main job)')

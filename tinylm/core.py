@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #894884aa
 from __future__ import annotations
-import contextlib, dataclasses, os, random, tempfile, time, typing
+import contextlib, dataclasses, math, os, random, tempfile, time, typing
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['PEAK_BF16_FLOPS', 'COMMANDS', 'default_device', 'resolve_device', 'autocast_dtype', 'autocast', 'seed_everything',
            'count_params', 'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'atomic_write', 'Registry', 'Command',
-           'config_from_dict', 'parse_assignments', 'device_name', 'cpu_model', 'source_root', 'git_commit',
-           'git_diff_hash', 'package_version', 'environment_info', 'fmt_count']
+           'config_from_dict', 'check_field_types', 'parse_assignments', 'device_name', 'cpu_model', 'source_root',
+           'git_commit', 'git_diff_hash', 'package_version', 'environment_info', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #61493669
 def default_device() -> str:
@@ -158,10 +158,32 @@ COMMANDS = Registry('command')  # name -> Command; each notebook that adds a sub
 # %% ../nbs/00_core.ipynb #39b7906a
 def config_from_dict(cls, d: dict):
     "Build dataclass `cls` from dict `d`, rejecting keys that are not fields of `cls`."
+    if not isinstance(d, dict): raise ValueError(f'{cls.__name__}.from_dict needs a dict of fields, got {type(d).__name__}')
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown: raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     return cls(**d)
+
+_KINDS = {int: 'an integer', float: 'a finite number', bool: 'True or False', str: 'a string'}
+
+def _type_ok(v, base) -> bool:
+    if base is bool: return isinstance(v, bool)
+    if isinstance(v, bool): return False   # True is an int to Python, but not a size, a seed or a rate
+    if base is int: return isinstance(v, int)
+    if base is float: return isinstance(v, (int, float)) and math.isfinite(v)
+    return isinstance(v, base)
+
+def check_field_types(cfg) -> None:
+    "Check every field of dataclass instance `cfg` against its annotation (int, float, bool, str, or X | None); floats must be finite."
+    for name, typ in typing.get_type_hints(type(cfg)).items():
+        if name.startswith('_'): continue
+        v, args = getattr(cfg, name), typing.get_args(typ)
+        optional = type(None) in args
+        bases = [a for a in args if a is not type(None)] or [typ]
+        if v is None and optional: continue
+        if not any(_type_ok(v, b) for b in bases if b in _KINDS):
+            kind = ' or '.join(_KINDS.get(b, getattr(b, '__name__', str(b))) for b in bases) + (' or None' if optional else '')
+            raise ValueError(f'{type(cfg).__name__}.{name}={v!r} must be {kind}' + (f', got {type(v).__name__}' if not isinstance(v, (int, float)) or isinstance(v, bool) else ''))
 
 def _parse_value(name: str, typ, text: str):
     "Convert `text` to `typ` (int, float, bool, str, or an Optional of those)."

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .core import Registry, config_from_dict, count_params, flops_per_token
+from .core import Registry, check_field_types, config_from_dict, count_params, flops_per_token
 from .attention import MultiHeadAttention, ATTENTION_IMPLS
 
 # %% auto #0
@@ -75,7 +75,7 @@ class ModelConfig:
 
 def _upgrade_config(d: dict) -> dict:
     "Read configs saved by tinylm 0.1, which had an `attention` field ('mha' or 'gqa') that n_kv_head now implies."
-    if 'attention' not in d: return d
+    if not isinstance(d, dict) or 'attention' not in d: return d   # config_from_dict rejects a non-dict
     d = dict(d); a = d.pop('attention')
     if a not in ('mha', 'gqa'):
         raise ValueError(f"ModelConfig: a saved config has attention={a!r}; tinylm 0.1 knew only 'mha' and 'gqa', and "
@@ -92,6 +92,7 @@ AXES = {'norm_placement': BLOCKS, 'norm': NORMS, 'ffn': FFNS, 'position': POSITI
 
 def validate(cfg: ModelConfig) -> None:
     "Check every field of `cfg`; raise a `ValueError` naming the field, the value and what is allowed."
+    check_field_types(cfg)
     for name in ('vocab_size', 'block_size', 'n_layer', 'n_head', 'd_model'): _positive_int(cfg, name)
     if cfg.d_ff is not None: _positive_int(cfg, 'd_ff')
     if cfg.d_model % cfg.n_head:

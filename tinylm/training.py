@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from tqdm import tqdm
 
-from .core import (Registry, atomic_write, autocast, autocast_dtype, config_from_dict, fmt_count,
+from .core import (Registry, atomic_write, check_field_types, autocast, autocast_dtype, config_from_dict, fmt_count,
                          mfu, peak_flops, resolve_device, seed_everything)
 from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_token
 
@@ -66,12 +66,13 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
 def validate_train(cfg: TrainConfig) -> None:
     "Check `cfg`, raising a `ValueError` that names the field, the value and what is allowed."
     def bad(name, rule): raise ValueError(f'TrainConfig.{name}={getattr(cfg, name)!r} {rule}')
+    check_field_types(cfg)
     for n in ('max_steps', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval'):
         v = getattr(cfg, n)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1: bad(n, 'must be a positive integer')
     if cfg.block_size is not None and (not isinstance(cfg.block_size, int) or cfg.block_size < 1): bad('block_size', 'must be a positive integer or None')
     if not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0: bad('warmup_steps', 'must be a non-negative integer')
-    if not cfg.lr > 0: bad('lr', 'must be > 0')
+    if not 0 < cfg.lr <= 1e6: bad('lr', 'must be in (0, 1e6]: AdamW moves every weight by about lr per step, and larger rates overflow float32')
     if not 0 <= cfg.min_lr_ratio <= 1: bad('min_lr_ratio', 'must be in [0, 1]')
     if cfg.weight_decay < 0: bad('weight_decay', 'must be >= 0')
     for n in ('beta1', 'beta2'):
@@ -219,8 +220,19 @@ def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
 def model_from_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> tuple[Transformer, dict]:
     "Rebuild the model stored in a checkpoint (or run folder) on `device`; returns `(model, checkpoint)`."
     ckpt = load_checkpoint(path)
-    model = Transformer(ModelConfig.from_dict(ckpt['model_config']))
+    for key in ('model', 'model_config'):
+        if not isinstance(ckpt.get(key), dict): raise ValueError(f'{path}: the checkpoint has no {key!r} entry, so no model can be rebuilt from it')
+    cfg = ModelConfig.from_dict(ckpt['model_config'])
+    with torch.device('meta'): want = {k: tuple(v.shape) for k, v in Transformer(cfg).state_dict().items()}   # shapes only: no memory
+    got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in ckpt['model'].items()}
+    if want != got:   # checked before allocating, so a config that asks for terabytes is refused, not attempted
+        diff = [f'missing {k}' for k in want if k not in got] + [f'unexpected {k}' for k in got if k not in want] + \
+               [f'{k}: {got[k]} in the file, {want[k]} for its config' for k in want if k in got and got[k] != want[k]]
+        raise ValueError(f"{path}: its weights do not match its model_config ({'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''})")
+    model = Transformer(cfg)
     model.load_state_dict(ckpt['model'])
+    if not all(torch.isfinite(v).all() for v in ckpt['model'].values() if v.is_floating_point()):
+        raise ValueError(f'{path}: its weights hold NaN or inf (a diverged run); use a checkpoint from before the divergence')
     return model.to(device).eval(), ckpt
 
 # %% ../nbs/05_training.ipynb #a38e8dbf
@@ -426,13 +438,22 @@ class Trainer:
         self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]
 
     def _evaluate_and_save(self, bar, train_loss: float) -> None:
-        val = self.evaluate(); self.checkpoint()
+        val = self._evaluate_finite(); self.checkpoint()
         bar.set_postfix(loss=f'{train_loss:.3f}', val=f'{val:.3f}')
+
+    def _evaluate_finite(self) -> float:
+        "Evaluate; a non-finite validation loss is a divergence too, so a checkpoint is only ever saved after a finite one."
+        val = self.evaluate()
+        if not math.isfinite(val):
+            where = f'the last good checkpoint is {self.ckpt_path}' if self.ckpt_path and self.ckpt_path.exists() else 'no checkpoint was saved'
+            raise TrainingDiverged(f'training diverged at step {self.step}: validation loss={val} '
+                                   f'(lr={lr_at(self.step - 1, self.cfg):.3g}); {where}. Try a lower lr, longer warmup or grad_clip.')
+        return val
 
     def _finish(self) -> TrainResult:
         "Evaluate once more if the run stopped between evaluations (max_seconds), and sum it up."
         if self.step and (not self.records or self.records[-1]['step'] != self.step or 'val_loss' not in self.records[-1]):
-            self.evaluate(); self.checkpoint()
+            self._evaluate_finite(); self.checkpoint()
         tr = [r for r in self.records if 'train_loss' in r]
         va = [r for r in self.records if 'val_loss' in r]
         tps = self.tokens / self.elapsed if self.elapsed else 0.0
