@@ -2,12 +2,14 @@
 import dataclasses
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
 import tinylm  # noqa: F401  (fills every registry)
 from tinylm.cli import main
-from tinylm.experiments import (EXPERIMENTS, SCALES, Experiment, grid, load_result, paired_difference, plan, ratio_interval,
+from tinylm.experiments import (EXPERIMENTS, SCALES, Experiment, grid, load_result, read_result, paired_difference, plan, ratio_interval,
                                 result_path, run_experiment, summarize, t_quantile, tuning_grid, verdict, verdict_table)
 from tinylm.training import split_overrides
 
@@ -255,3 +257,30 @@ def test_an_interrupted_result_is_not_current(keep_scale):
     one_short = dict(older, runs={k: v for k, v in older['runs'].items() if k != 'b/seed=1'})
     assert not is_complete(one_short) and not is_current(one_short)
     assert not is_current(dict(res, complete=False))
+
+
+@pytest.mark.parametrize('text, message', [
+    ('not json {', 'is not a readable result file (JSONDecodeError'),
+    ('[1, 2]', 'is not a tinylm result file: it holds a JSON list, not an object'),
+    ('{"runs": {}}', "it has no 'experiment' name"),
+    ('{"experiment": "x", "runs": [1]}', "'runs' is not an object of runs by key"),
+    ('{"experiment": "x", "runs": {"a/seed=1": 3}}', "run 'a/seed=1' is not an object"),
+    ('{"experiment": "x", "runs": {"a/seed=1": {"variant": "a", "seed": "1", "status": "ok", "final": {}}}}', "run 'a/seed=1' has no 'seed' (int)"),
+])
+def test_a_damaged_result_file_is_named(tmp_path, text, message):
+    (tmp_path / 'x-cpu.json').write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        read_result(tmp_path / 'x-cpu.json', training=True)
+    assert str(tmp_path / 'x-cpu.json') in str(e.value)
+
+
+def test_a_result_file_of_another_experiment_is_refused(tmp_path, keep_scale):
+    (tmp_path / f'x-{keep_scale}.json').write_text('{"experiment": "y", "runs": {}}')
+    with pytest.raises(ValueError, match="holds the results of experiment 'y', not 'x'"):
+        run_experiment(Experiment('x', {'a': {}}), keep_scale, results=tmp_path, verbose=False)
+
+
+def test_every_committed_result_file_reads():
+    for p in sorted((Path(__file__).resolve().parent.parent / 'nbs' / 'results').glob('*-*.json')):
+        if not p.name.startswith(('02_', 'main_job')):   # the tokenizer table and a `tinylm train` summary are not result files
+            assert isinstance(load_result(p.stem.rsplit("-", 1)[0], "cpu", p.parent), dict)

@@ -21,14 +21,14 @@ from .training import TrainConfig, Trainer, TrainingDiverged, evaluate_split, sp
 __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 'HARNESS_VERSION', 'T_975', 'EXPERIMENTS',
            'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget',
            'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir', 'result_path',
-           'load_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid', 'choose_lr',
-           'run_index', 'run_experiment', 'final_value', 'is_complete', 'is_current', 'compared_runs', 'summarize',
-           'describe', 'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval',
-           'verdicts', 'verdict_table', 'claims_table', 'show_markdown', 'show_claims', 'show_verdicts',
-           'noise_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label',
-           'config_value', 'plot_lr_sweep', 'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark',
-           'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment', 'headline',
-           'course_table']
+           'load_result', 'read_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid',
+           'choose_lr', 'run_index', 'run_experiment', 'final_value', 'is_complete', 'is_current', 'compared_runs',
+           'summarize', 'describe', 'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference',
+           'ratio_interval', 'verdicts', 'verdict_table', 'claims_table', 'show_markdown', 'show_claims',
+           'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves',
+           'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid', 'print_tuning', 'plot_tuning',
+           'Benchmark', 'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment',
+           'headline', 'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -230,8 +230,29 @@ def load_result(name: str, # experiment name
     "The stored result of `name` at `scale`, or `None` if there is none."
     for sc in (SCALE_ORDER if scale == 'best' else (SCALES.check(scale),)):
         p = result_path(name, sc, results)
-        if p.exists(): return json.loads(p.read_text())
+        if p.exists():
+            exp = EXPERIMENTS.get(name)
+            return read_result(p, isinstance(exp, Experiment) if exp is not None else None)
     return None
+
+def read_result(path: str | Path,
+                training: bool | None = None, # a training experiment's file (runs by key); None = check runs if they are keyed
+               ) -> dict:
+    "Read and check a result file: a JSON object naming its experiment; a training experiment's runs each with variant, seed, status and final metrics. Errors name the file."
+    path = Path(path)
+    try: res = json.loads(path.read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f'{path} is not a readable result file ({type(e).__name__}: {str(e)[:120]}); delete it to run again') from None
+    def bad(what): raise ValueError(f'{path} is not a tinylm result file: {what}; delete it (or restore it from git) to run again')
+    if not isinstance(res, dict): bad(f'it holds a JSON {type(res).__name__}, not an object')
+    if not isinstance(res.get('experiment'), str): bad("it has no 'experiment' name")
+    if training or (training is None and isinstance(res.get('runs'), dict)):
+        if not isinstance(res.get('runs'), dict): bad("'runs' is not an object of runs by key")
+        for key, run in res['runs'].items():
+            if not isinstance(run, dict): bad(f'run {key!r} is not an object')
+            for field, kind in (('variant', str), ('seed', int), ('status', str), ('final', dict)):
+                if not isinstance(run.get(field), kind): bad(f'run {key!r} has no {field!r} ({kind.__name__})')
+    return res
 
 def save_result(result: dict, path: str | Path) -> Path:
     "Write `result` as JSON atomically (a crash never leaves a half-written file)."
@@ -352,7 +373,9 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
     if device is not None or 'device' in sc.train: resolve_device(device or sc.train['device'])  # fail early
     tok, data = load_data(scale)
     path = result_path(exp.name, scale, results) if sc.persist else None
-    result = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    result = read_result(path, training=True) if path is not None and path.exists() else {}
+    if result and result['experiment'] != exp.name:
+        raise ValueError(f"{path} holds the results of experiment {result['experiment']!r}, not {exp.name!r}; move it away to run {exp.name}")
     result.update(experiment=exp.name, notebook=exp.notebook, description=exp.description, scale=scale,
                   budget=exp.budget, reference=exp.ref, tune_lr=exp.tune_lr, claims=exp.claim_pairs,
                   data=dict(corpus=sc.corpus, tokenizer=tok.name, vocab_size=tok.vocab_size,
@@ -763,7 +786,7 @@ def run_benchmark(bench: Benchmark, scale: str = 'tiny', *, results: str | Path 
     path = result_path(bench.name, scale, results)
     if SCALES[scale].persist and path.exists() and not force:
         if verbose: print(f'{bench.name} at {scale} scale: already measured ({path}); --force measures again')
-        return json.loads(path.read_text())
+        return read_result(path)
     result = dict(bench.run(scale, device), experiment=bench.name, notebook=bench.notebook, description=bench.description, scale=scale)
     if SCALES[scale].persist: save_result(result, path)
     return result
