@@ -230,9 +230,7 @@ def load_result(name: str, # experiment name
     "The stored result of `name` at `scale`, or `None` if there is none."
     for sc in (SCALE_ORDER if scale == 'best' else (SCALES.check(scale),)):
         p = result_path(name, sc, results)
-        if p.exists():
-            exp = EXPERIMENTS.get(name)
-            return read_result(p, isinstance(exp, Experiment) if exp is not None else None)
+        if p.exists(): return read_result(p)
     return None
 
 def read_result(path: str | Path,
