@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import tinylm.core
-from tinylm.tokenizer import BPETokenizer, CharTokenizer, DEFAULT_BPE_VOCAB, EOT, GPT2_SPLIT_PATTERN, TOKENIZER_TYPES, TiktokenTokenizer, Tokenizer, build_tokenizer, count_chunks, gpt2_tokenizer, learn_bpe, load_tokenizer, tokenizer_from_dict
+from tinylm.tokenizer import BPETokenizer, CharTokenizer, DEFAULT_BPE_VOCAB, corpus_tokenizer, EOT, GPT2_SPLIT_PATTERN, TOKENIZER_TYPES, TiktokenTokenizer, Tokenizer, build_tokenizer, count_chunks, gpt2_tokenizer, learn_bpe, load_tokenizer, tokenizer_from_dict
 
 # Real text that ships with the package: Python source with English docstrings.
 CORPUS = Path(tinylm.core.__file__).read_text(encoding='utf-8')
@@ -251,3 +251,44 @@ def test_build_errors():
         build_tokenizer('wordpiece')
     with pytest.raises(ValueError, match='vocab_size must be an int >= 257'): build_tokenizer('bpe:100', 'abc')
     with pytest.raises(FileNotFoundError, match='missing.json'): build_tokenizer('missing.json')
+
+
+def _bpe_dict():
+    "A small BPE tokenizer's dict without its name (which is derived from the contents, so an edit would change it)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return {k: v for k, v in BPETokenizer.train('hello world ' * 50, 266).to_dict().items() if k != 'name'}
+
+
+def _tt(d):
+    "The same vocabulary as a plain tiktoken tokenizer's dict."
+    b = tokenizer_from_dict(d)
+    return TiktokenTokenizer(b.enc, b.name).to_dict()
+
+
+@pytest.mark.parametrize('change, message', [
+    (lambda d: {'type': 'char', 'chars': 5}, "invalid 'char' tokenizer: field 'chars' must be a str, got int"),
+    (lambda d: dict(d, merges='abc'), "field 'merges' must be a list, got str"),
+    (lambda d: dict(d, merges=[[1, 2]]), "field 'merges' must be a list of [id_a, id_b, new_id] triples"),
+    (lambda d: dict(d, pattern=5), "field 'pattern' must be a str, got int"),
+    (lambda d: {k: v for k, v in d.items() if k != 'pattern'}, "invalid 'bpe' tokenizer: missing field 'pattern'"),
+    (lambda d: dict(_tt(d), mergeable_ranks=[1, 2]), "field 'mergeable_ranks' must be a dict, got list"),
+    (lambda d: dict(_tt(d), special_tokens={'<|x|>': 10 ** 20}), "field 'special_tokens' must map non-empty strings to integer ids"),
+    (lambda d: dict(_tt(d), special_tokens={'<|x|>': 0}), "field 'special_tokens' reuses the ranks of ordinary tokens: [0]"),
+    (lambda d: dict(_tt(d), name=3), "field 'name' must be a str, got int"),
+])
+def test_bad_tokenizer_fields_are_named(change, message):
+    with pytest.raises(ValueError) as e:
+        tokenizer_from_dict(change(_bpe_dict()))
+    assert message in str(e.value)
+
+
+def test_a_damaged_cached_tokenizer_is_rebuilt(tmp_path, capsys):
+    corpus = tmp_path / 'c.txt'
+    corpus.write_text('abcabc hello ' * 200)
+    tok = corpus_tokenizer('char', str(corpus), cache=tmp_path / 'cache')
+    (cached,) = (tmp_path / 'cache').glob('*.json')
+    cached.write_text('{"type": "char", "chars": 7}')
+    again = corpus_tokenizer('char', str(corpus), cache=tmp_path / 'cache')
+    assert again.to_dict() == tok.to_dict() and 'is damaged' in capsys.readouterr().out
+    assert json.loads(cached.read_text())['chars'] == tok.to_dict()['chars']   # the cache entry is good again

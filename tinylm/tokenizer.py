@@ -94,7 +94,7 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids) -> str: return ''.join(self.chars[i] for i in self._ids(ids))
     def to_dict(self) -> dict: return {'type': self.kind, 'name': self.name, 'chars': ''.join(self.chars)}
     @classmethod
-    def from_dict(cls, d: dict) -> CharTokenizer: return cls(d['chars'])
+    def from_dict(cls, d: dict) -> CharTokenizer: return cls(_field(d, 'chars', str))
 
 # %% ../nbs/02_tokenizer.ipynb #27fb8b60
 Merge = tuple[tuple[int, int], int]  # ((id_a, id_b), new_id): the two adjacent tokens and the token they become
@@ -193,9 +193,17 @@ class TiktokenTokenizer(Tokenizer):
                 'mergeable_ranks': {base64.b64encode(t).decode('ascii'): r for t, r in e._mergeable_ranks.items()}}
     @classmethod
     def from_dict(cls, d: dict) -> TiktokenTokenizer:
-        ranks = {base64.b64decode(t): int(r) for t, r in d['mergeable_ranks'].items()}
-        return cls(tiktoken.Encoding(d['name'], pat_str=d['pat_str'], mergeable_ranks=ranks,
-                                     special_tokens={s: int(i) for s, i in d['special_tokens'].items()}), d['name'])
+        name, pat = _field(d, 'name', str), _field(d, 'pat_str', str)
+        ranks, specials = _field(d, 'mergeable_ranks', dict), _field(d, 'special_tokens', dict)
+        if not all(isinstance(t, str) and _is_id(r) for t, r in ranks.items()):
+            raise ValueError("field 'mergeable_ranks' must map base64 strings to integer ranks 0 <= rank < 2**32")
+        if not all(isinstance(s, str) and s and _is_id(i) for s, i in specials.items()):
+            raise ValueError("field 'special_tokens' must map non-empty strings to integer ids 0 <= id < 2**32")
+        try: ranks = {base64.b64decode(t, validate=True): r for t, r in ranks.items()}
+        except ValueError: raise ValueError("field 'mergeable_ranks' has a key that is not base64") from None
+        if clash := set(specials.values()) & set(ranks.values()):
+            raise ValueError(f"field 'special_tokens' reuses the ranks of ordinary tokens: {sorted(clash)[:5]}")
+        return cls(tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials), name)
 
 # %% ../nbs/02_tokenizer.ipynb #5497d5ed
 def _check_special(special_tokens) -> tuple[str, ...]:
@@ -240,7 +248,10 @@ class BPETokenizer(TiktokenTokenizer):
     def to_dict(self) -> dict: return {'type': self.kind, 'name': self.name, **self._spec()}
     @classmethod
     def from_dict(cls, d: dict) -> BPETokenizer:
-        return cls([((a, b), n) for a, b, n in d['merges']], d['special_tokens'], d['pattern'])
+        merges = _field(d, 'merges', list)
+        if not all(isinstance(m, list) and len(m) == 3 and all(_is_id(x) for x in m) for m in merges):
+            raise ValueError("field 'merges' must be a list of [id_a, id_b, new_id] triples of non-negative integers")
+        return cls([((a, b), n) for a, b, n in merges], _field(d, 'special_tokens', list), _field(d, 'pattern', str))
 
     @classmethod
     def train(cls, text: str, # the training text
@@ -291,6 +302,14 @@ def gpt2_tokenizer() -> GPT2Tokenizer:
 
 # %% ../nbs/02_tokenizer.ipynb #4f49d08d
 TOKENIZER_TYPES: dict[str, type[Tokenizer]] = {c.kind: c for c in (CharTokenizer, BPETokenizer, TiktokenTokenizer, GPT2Tokenizer)}
+
+def _field(d: dict, name: str, kind: type):
+    "`d[name]`, checked to be a `kind` (a missing field raises KeyError, which `tokenizer_from_dict` reports)."
+    v = d[name]
+    if not isinstance(v, kind) or isinstance(v, bool): raise ValueError(f'field {name!r} must be a {kind.__name__}, got {type(v).__name__}')
+    return v
+
+def _is_id(x) -> bool: return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2 ** 32
 
 def tokenizer_from_dict(d: dict) -> Tokenizer:
     "Rebuild a tokenizer from its `to_dict()` form, dispatching on `d['type']`."
@@ -343,7 +362,11 @@ def corpus_tokenizer(spec: str, # 'char', 'bpe', 'bpe:N', 'gpt2' or a saved toke
     name, ident = source_key(corpus)
     key = hashlib.sha256(f'{ident}|{spec}'.encode()).hexdigest()[:12]
     path = (cache or cache_dir() / 'tokenizers') / f"{name.replace('/', '_')[:60]}-{spec.replace(':', '')}-{key}.json"
-    if path.exists(): return load_tokenizer(path)
+    if path.exists():
+        try: return load_tokenizer(path)
+        except ValueError as e:   # a damaged cache entry: say so, and rebuild it (the token cache does the same)
+            print(f'note: the cached tokenizer {path} is damaged ({str(e)[:160]}); training it again')
+            path.unlink()
     tok = build_tokenizer(spec, load_text(corpus))
     tok.save(path)
     return tok
