@@ -128,3 +128,12 @@ def test_generate_greedy_is_deterministic_and_respects_top_k():
         top1 = m(start)[0, -1].argmax().item()
     s = generate(m, start, 1, top_k=1, generator=torch.Generator().manual_seed(0))
     assert s[0, 1].item() == top1
+
+
+def test_softmax_from_scratch_matches_torch():
+    from tinylm.attention import softmax
+    x = torch.randn(5, 6, 7) * 30
+    x[0, 0, :3] = float('-inf')
+    for dim in (-1, 0, 1):
+        assert torch.allclose(softmax(x, dim), torch.softmax(x, dim), atol=1e-6)
+    assert torch.allclose(softmax(torch.tensor([1e4, 0.0])), torch.tensor([1.0, 0.0]))

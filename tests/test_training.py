@@ -262,3 +262,29 @@ def test_damaged_metrics_name_the_file_and_line(tmp_path, text, message):
     (tmp_path / 'metrics.jsonl').write_text(text)
     with pytest.raises(ValueError, match=message):
         read_metrics(tmp_path, torn_tail=True)
+
+
+def test_from_scratch_loss_clip_and_adamw_match_torch():
+    from tinylm.training import AdamW, clip_grad_norm, cross_entropy
+    torch.manual_seed(0)
+    z, y = torch.randn(3, 7, 50) * 10, torch.randint(0, 50, (3, 7))
+    y[1] = -1
+    assert torch.allclose(cross_entropy(z, y), torch.nn.functional.cross_entropy(z.view(-1, 50), y.view(-1), ignore_index=-1), atol=1e-5)
+    huge = torch.tensor([[3e4, -3e4, 0.0]])
+    assert torch.allclose(cross_entropy(huge, torch.tensor([2])), torch.tensor(3e4))
+    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 8).mul(50)
+    for m in (a, b):
+        m(x).pow(2).sum().backward()
+    assert torch.allclose(clip_grad_norm(a.parameters(), 0.5), torch.nn.utils.clip_grad_norm_(b.parameters(), 0.5))
+    assert all(torch.allclose(p.grad, q.grad, atol=1e-7) for p, q in zip(a.parameters(), b.parameters()))
+    w1 = torch.randn(30, requires_grad=True)
+    w2 = w1.detach().clone().requires_grad_()
+    o1, o2 = AdamW([w1], lr=3e-2, betas=(0.8, 0.9), weight_decay=0.5), torch.optim.AdamW([w2], lr=3e-2, betas=(0.8, 0.9), weight_decay=0.5)
+    for _ in range(200):
+        g = torch.randn(30)
+        for w, o in ((w1, o1), (w2, o2)):
+            w.grad = g.clone()
+            o.step()
+        assert torch.allclose(w1, w2, atol=1e-6)

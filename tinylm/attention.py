@@ -13,8 +13,8 @@ from torch import nn, Tensor
 from .core import Timer
 
 # %% auto #0
-__all__ = ['ATTENTION_IMPLS', 'causal_mask', 'padding_mask', 'naive_attention', 'repeat_kv', 'attention_mask', 'attend',
-           'MultiHeadAttention']
+__all__ = ['ATTENTION_IMPLS', 'causal_mask', 'padding_mask', 'softmax', 'naive_attention', 'repeat_kv', 'attention_mask',
+           'attend', 'MultiHeadAttention']
 
 # %% ../nbs/03_attention.ipynb #b7e77bd6
 def causal_mask(T: int, # number of queries
@@ -31,6 +31,14 @@ def padding_mask(lengths: Tensor | list[int], # real length of each sequence
     lengths = torch.as_tensor(lengths, device=device)
     return torch.arange(T, device=device)[None, :] < lengths[:, None]
 
+# %% ../nbs/03_attention.ipynb #656b384e
+def softmax(x: Tensor, # scores; -inf = masked
+            dim: int = -1, # the axis that sums to 1
+           ) -> Tensor:
+    "exp(x - max) / sum(exp(x - max)) along `dim`: the max is subtracted, so large scores cannot overflow."
+    e = (x - x.amax(dim, keepdim=True)).exp()
+    return e / e.sum(dim, keepdim=True)
+
 # %% ../nbs/03_attention.ipynb #692d15d5
 def naive_attention(q: Tensor, # (B, H, T, hd) queries
                     k: Tensor, # (B, H, S, hd) keys
@@ -45,7 +53,7 @@ def naive_attention(q: Tensor, # (B, H, T, hd) queries
     scores = (q @ k.transpose(-2, -1)) * scale               # (B, H, T, S)
     if score_mod is not None: scores = score_mod(scores)
     if mask is not None: scores = scores.masked_fill(~mask, float('-inf'))
-    weights = scores.softmax(dim=-1)
+    weights = softmax(scores, dim=-1)
     if dropout_p > 0: weights = F.dropout(weights, p=dropout_p)
     return weights @ v                                        # (B, H, T, hd)
 

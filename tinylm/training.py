@@ -20,11 +20,54 @@ from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_toke
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RUN_FILES', 'MODEL_FIELDS', 'TRAIN_FIELDS',
-           'TrainConfig', 'validate_train', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at',
-           'plot_schedules', 'param_groups', 'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint',
-           'load_checkpoint', 'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot',
-           'TrainingDiverged', 'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Trainer',
-           'train', 'split_overrides']
+           'cross_entropy', 'clip_grad_norm', 'AdamW', 'TrainConfig', 'validate_train', 'cosine_schedule',
+           'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules', 'param_groups', 'make_optimizer',
+           'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'read_metrics',
+           'plot_metrics', 'save_loss_plot', 'TrainingDiverged', 'RunFolderInUse', 'run_folder_lock',
+           'deferred_interrupt', 'TrainResult', 'Trainer', 'train', 'split_overrides']
+
+# %% ../nbs/05_training.ipynb #23c2161a
+def cross_entropy(logits: Tensor, # (..., V) unnormalized scores
+                  targets: Tensor, # (...) token ids; `ignore_index` = no loss here
+                  ignore_index: int = -1,
+                 ) -> Tensor:
+    "Mean of logsumexp(logits) - logits[target] over the targets that are not `ignore_index`, in float32, the max taken out."
+    z, y = logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1)
+    m = z.amax(-1, keepdim=True)
+    lse = m.squeeze(-1) + (z - m).exp().sum(-1).log()                    # log sum_j exp z_j, safely
+    keep = y != ignore_index
+    z_y = z.gather(1, y.masked_fill(~keep, 0)[:, None]).squeeze(1)       # the target's logit (any id where ignored)
+    return ((lse - z_y) * keep).sum() / keep.sum()
+
+def clip_grad_norm(params, # parameters whose .grad to clip
+                   max_norm: float) -> Tensor:
+    "Scale every gradient by min(1, max_norm / (||g|| + 1e-6)), ||g|| the norm of all gradients as one vector; returns ||g||."
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)                    # never scales up
+    for g in grads: g.mul_(scale.to(g.dtype))
+    return norm
+
+# %% ../nbs/05_training.ipynb #96c8e01d
+class AdamW(torch.optim.Optimizer):
+    "AdamW written out: bias-corrected first and second moments, and weight decay applied to the weights, not the gradient."
+    def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group['lr'], group['betas'], group['eps'], group['weight_decay']
+            for p in group['params']:
+                if p.grad is None: continue
+                state = self.state[p]
+                if not state: state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                state['step'] += 1; t, m, v = state['step'], state['m'], state['v']
+                p.mul_(1 - lr * wd)                                       # decoupled weight decay
+                m.mul_(b1).add_(p.grad, alpha=1 - b1)                     # m = b1 m + (1 - b1) g
+                v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)         # v = b2 v + (1 - b2) g^2
+                m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)       # bias correction
+                p.addcdiv_(m_hat, v_hat.sqrt().add_(eps), value=-lr)
 
 # %% ../nbs/05_training.ipynb #c00081bc
 SCHEDULES = Registry('schedule')  # (step, cfg) -> multiplier of cfg.lr
