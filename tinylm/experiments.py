@@ -879,7 +879,7 @@ def headline(result: dict, exp: Experiment | Benchmark | None = None) -> list[st
 
 def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
     "A markdown table of every registered experiment with a result file: notebook, experiment, scale and its headline."
-    lines = ['| notebook | experiment | scale | finding (Δ final val loss vs the reference, 95% interval) |', '|---|---|---|---|']
+    lines = ['| notebook | experiment | scale | finding: the verdict of each claim (Δ final val loss, or a ratio of speeds, with its 95% interval) |', '|---|---|---|---|']
     for e in sorted(EXPERIMENTS.values(), key=lambda e: (e.notebook or '', e.name)):
         if not e.notebook or (res := load_result(e.name, scale, results)) is None: continue
         if isinstance(e, Experiment) and not is_current(res):

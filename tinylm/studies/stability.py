@@ -153,7 +153,7 @@ def sensitivity_headline(result: dict, pairs: list[tuple[str, str]], key: str = 
     for a, b in pairs:
         s = sensitivity_difference(result, a, b, key)['sensitivity']
         ci = f" [{s['lo']:+.3f}, {s['hi']:+.3f}]" if s['lo'] is not None else ''
-        out.append(f"{a} vs {b}: LR sensitivity {s['verdict']} ({s['mean']:+.3f}{ci}, {s['n']} seeds)")
+        out.append(f"{a} vs {b}, LR sensitivity: {s['verdict']} ({s['mean']:+.3f}{ci}, {s['n']} seeds)")
     return out
 
 # %% ../../nbs/studies/13_stability.ipynb #1cedfaf8
