@@ -20,13 +20,13 @@ PROSE = ("In the beginning God created the heaven and the earth. And the earth w
 
 
 def reference_bpe(text, vocab_size, pattern=GPT2_SPLIT_PATTERN):
-    "Naive byte-level BPE: recount all pairs before every merge; highest count, ties to the smallest pair."
+    "Naive byte-level BPE: recount all pairs before every merge; highest count, ties to the greatest pair of byte strings."
     chunks = [list(c.encode('utf-8')) for c in regex.findall(pattern, text)]
     vocab, merges = [bytes([i]) for i in range(256)], []
     while len(vocab) < vocab_size:
         counts = Counter(p for c in chunks for p in zip(c, c[1:]))
         if not counts: break
-        a, b = min(counts, key=lambda p: (-counts[p], p))
+        a, b = max(counts, key=lambda p: (counts[p], vocab[p[0]], vocab[p[1]]))
         new = len(vocab); vocab.append(vocab[a] + vocab[b]); merges.append(((a, b), new))
         out = []
         for c in chunks:
@@ -68,14 +68,16 @@ def char(): return CharTokenizer.train(PROSE)
 
 def test_known_merges_aaabdaaabac():
     tok = BPETokenizer.train('aaabdaaabac', 260)        # 256 bytes + 3 merges + <|endoftext|>
-    assert tok.merges == [((97, 97), 256), ((97, 98), 257), ((256, 257), 258)]
-    assert [tok.vocab[n] for _, n in tok.merges] == [b'aa', b'ab', b'aaab']
+    assert tok.merges == [((97, 97), 256), ((256, 97), 257), ((257, 98), 258)]
+    assert [tok.vocab[n] for _, n in tok.merges] == [b'aa', b'aaa', b'aaab']   # the tie (aa, a) vs (a, b) goes to b'aa' > b'a'
     assert tok.encode('aaabdaaabac') == [258, ord('d'), 258, ord('a'), ord('c')]
     assert (tok.vocab_size, tok.eot_id) == (260, 259)
 
-def test_tie_goes_to_smallest_pair():
-    # ('a','b'), (' ','c') and ('c','d') all occur once: (32, 99) is the smallest pair
-    assert BPETokenizer.train('ab cd', 258).merges == [((32, 99), 256)]
+def test_tie_goes_to_the_greatest_pair_of_byte_strings():
+    # ('a','b'), (' ','c') and ('c','d') all occur once: (b'c', b'd') is the greatest
+    assert BPETokenizer.train('ab cd', 258).merges == [((99, 100), 256)]
+    # after 'aa' -> 256, (' ', 'aa') and (' ', 'b') tie: by bytes b'b' > b'aa', although id 98 < 256
+    assert BPETokenizer.train('aa aa b', 259).merges == [((97, 97), 256), ((32, 98), 257)]
     # (a, a) occurs 3 times in 'aaaa' (overlapping), more than anything else
     assert BPETokenizer.train('aaaa b', 258).merges == [((97, 97), 256)]
 

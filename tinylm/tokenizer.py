@@ -17,8 +17,8 @@ from .core import atomic_write
 from .data import cache_dir, load_text, source_key
 
 # %% auto #0
-__all__ = ['EOT', 'Merge', 'GPT2_SPLIT_PATTERN', 'TOKENIZER_TYPES', 'DEFAULT_BPE_VOCAB', 'TOKENIZER_SPECS', 'Tokenizer',
-           'CharTokenizer', 'merge_pair', 'count_chunks', 'learn_bpe', 'TiktokenTokenizer', 'BPETokenizer',
+__all__ = ['EOT', 'Merge', 'GPT2_SPLIT_PATTERN', 'TOKENIZER_TYPES', 'DEFAULT_BPE_VOCAB', 'TOKENIZER_SPECS', 'TRAINING_VERSION',
+           'Tokenizer', 'CharTokenizer', 'merge_pair', 'count_chunks', 'learn_bpe', 'TiktokenTokenizer', 'BPETokenizer',
            'GPT2Tokenizer', 'gpt2_tokenizer', 'tokenizer_from_dict', 'load_tokenizer', 'build_tokenizer',
            'corpus_tokenizer']
 
@@ -128,14 +128,25 @@ def count_chunks(text: str, # the training text
     return counts
 
 # %% ../nbs/02_tokenizer.ipynb #68b695d5
+class _Desc:
+    "Wraps a value so that it sorts in reverse: a min-heap then pops the greatest first."
+    __slots__ = ('v',)
+    def __init__(self, v): self.v = v
+    def __lt__(self, other): return self.v > other.v
+    def __eq__(self, other): return self.v == other.v
+
+def _heap_entry(pair, count, vocab) -> tuple:
+    "(-count, greatest byte strings first, pair): the heap order of our tie rule."
+    return (-count, _Desc((vocab[pair[0]], vocab[pair[1]])), pair)
+
 def _pop_best(heap: list, counts: dict) -> tuple[int, int] | None:
-    "Pop the pair with the highest live count (ties: smallest pair), skipping stale heap entries; `None` if none left."
+    "Pop the pair with the highest live count (ties: greatest pair of byte strings), skipping stale heap entries; `None` if none left."
     while heap:
-        neg, pair = heapq.heappop(heap)
+        neg, _, pair = heapq.heappop(heap)
         if counts.get(pair) == -neg: return pair
     return None
 
-def _apply_merge(pair, new_id, chunks, freqs, counts, where, heap):
+def _apply_merge(pair, new_id, chunks, freqs, counts, where, heap, vocab):
     "Merge `pair` into `new_id` in every chunk holding it, updating the pair counts, the index and the heap."
     delta = defaultdict(int)
     for i in where.pop(pair):
@@ -147,26 +158,27 @@ def _apply_merge(pair, new_id, chunks, freqs, counts, where, heap):
     for p, d in delta.items():
         if not d: continue
         c = counts[p] + d
-        if c: counts[p] = c; heapq.heappush(heap, (-c, p))
+        if c: counts[p] = c; heapq.heappush(heap, _heap_entry(p, c, vocab))
         else: del counts[p]
 
 # %% ../nbs/02_tokenizer.ipynb #d5cc2bbe
 def learn_bpe(chunk_counts: Mapping[str, int], # each distinct pre-tokenized chunk and how often it occurs
               n_tokens: int, # stop when 256 bytes + merges make this many tokens
              ) -> list[Merge]:
-    "Byte-level BPE merges (highest count first, ties to the smallest pair), updating pair counts incrementally."
+    "Byte-level BPE merges (highest count first, ties to the greatest pair of byte strings), updating pair counts incrementally."
     chunks = [list(c.encode('utf-8')) for c in chunk_counts]
     freqs = list(chunk_counts.values())
+    vocab = [bytes([i]) for i in range(256)]            # token bytes by id, grown by each merge
     counts, where = defaultdict(int), defaultdict(set)  # pair -> occurrences; pair -> indices of chunks holding it
     for i, c in enumerate(chunks):
         for p in zip(c, c[1:]): counts[p] += freqs[i]; where[p].add(i)
-    heap = [(-c, p) for p, c in counts.items()]
+    heap = [_heap_entry(p, c, vocab) for p, c in counts.items()]
     heapq.heapify(heap)
     merges = []
     while 256 + len(merges) < n_tokens and (pair := _pop_best(heap, counts)) is not None:
         new_id = 256 + len(merges)
-        merges.append((pair, new_id))
-        _apply_merge(pair, new_id, chunks, freqs, counts, where, heap)
+        merges.append((pair, new_id)); vocab.append(vocab[pair[0]] + vocab[pair[1]])
+        _apply_merge(pair, new_id, chunks, freqs, counts, where, heap, vocab)
     return merges
 
 # %% ../nbs/02_tokenizer.ipynb #afd0fa0f
@@ -354,13 +366,15 @@ def build_tokenizer(spec: str, # see `TOKENIZER_SPECS`
     raise ValueError(f'unknown tokenizer spec {s!r}; use {TOKENIZER_SPECS}')
 
 # %% ../nbs/02_tokenizer.ipynb #b39f71f7
+TRAINING_VERSION = 2   # in the cache key: bumped when training would learn another vocabulary (2: BPE ties go to the greatest bytes)
+
 def corpus_tokenizer(spec: str, # 'char', 'bpe', 'bpe:N', 'gpt2' or a saved tokenizer JSON
                      corpus: str, # what the tokenizer is trained on when it needs training
                      cache: Path | None = None):
     "The tokenizer `spec` for `corpus`, trained on it once and cached when `spec` needs training."
     if spec == 'gpt2' or Path(spec).suffix == '.json' or Path(spec).exists(): return build_tokenizer(spec)
     name, ident = source_key(corpus)
-    key = hashlib.sha256(f'{ident}|{spec}'.encode()).hexdigest()[:12]
+    key = hashlib.sha256(f'{ident}|{spec}|{TRAINING_VERSION}'.encode()).hexdigest()[:12]
     path = (cache or cache_dir() / 'tokenizers') / f"{name.replace('/', '_')[:60]}-{spec.replace(':', '')}-{key}.json"
     if path.exists():
         try: return load_tokenizer(path)
