@@ -294,3 +294,20 @@ def test_a_damaged_cached_tokenizer_is_rebuilt(tmp_path, capsys):
     again = corpus_tokenizer('char', str(corpus), cache=tmp_path / 'cache')
     assert again.to_dict() == tok.to_dict() and 'is damaged' in capsys.readouterr().out
     assert json.loads(cached.read_text())['chars'] == tok.to_dict()['chars']   # the cache entry is good again
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cuts=st.lists(st.integers(0, 3000), max_size=60), buffer=st.sampled_from([1, 3, 50, 1 << 16]))
+def test_encode_iterable_equals_encode_whatever_the_pieces(gpt2, cuts, buffer):
+    text = (PROSE[:1400] + '  \n\n\t x' + EOT + EOT + ' y  ' + PROSE[:1500])[:3000]
+    cuts = sorted(set(c for c in cuts if c < len(text)))
+    pieces = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
+    assert list(gpt2.encode_iterable(pieces, buffer=buffer)) == gpt2.encode(text)
+
+
+def test_encode_iterable_of_chars_and_of_a_file(char, tmp_path):
+    assert list(char.encode_iterable(PROSE[i:i + 7] for i in range(0, len(PROSE), 7))) == char.encode(PROSE)
+    (tmp_path / 'f.txt').write_text(PROSE * 5, encoding='utf-8')
+    bpe = BPETokenizer.train(PROSE, 300)
+    with open(tmp_path / 'f.txt', encoding='utf-8') as f:
+        assert list(bpe.encode_iterable(f, buffer=100)) == bpe.encode(PROSE * 5)

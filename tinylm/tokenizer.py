@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64, functools, hashlib, heapq, importlib.resources, json, re, warnings
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import regex
 import tiktoken
@@ -38,6 +38,9 @@ class Tokenizer:
     def decode(self, ids) -> str:
         "The text of `ids` (a list, or a 1-D tensor or array)."
         raise NotImplementedError
+    def encode_iterable(self, texts: Iterable[str]) -> Iterator[int]:
+        "The ids of `''.join(texts)`, lazily, in memory bounded by the pieces (e.g. the lines of an open file)."
+        for text in texts: yield from self.encode(text)   # exact when no token spans two pieces (characters)
     def to_dict(self) -> dict:
         "A JSON-serializable dict, with a 'type' field, from which `tokenizer_from_dict` rebuilds this tokenizer."
         raise NotImplementedError
@@ -195,6 +198,31 @@ class TiktokenTokenizer(Tokenizer):
     def encode_ordinary(self, text: str) -> list[int]:
         "Encode `text` treating special-token text as ordinary text (for untrusted input)."
         return self.enc.encode_ordinary(text)
+    def encode_iterable(self, texts: Iterable[str], # pieces of one text: lines of a file, fixed-size reads, ...
+                        buffer: int = 1 << 16, # characters gathered before encoding what is final
+                       ) -> Iterator[int]:
+        "The ids of `''.join(texts)`, exactly, lazily: memory bounded by `buffer` plus the longest piece."
+        buf = ''
+        for text in texts:
+            buf += text
+            if len(buf) < buffer: continue
+            cut = self._final_prefix(buf)   # text before `cut` tokenizes the same whatever follows it
+            if cut: yield from self.encode(buf[:cut]); buf = buf[cut:]
+        if buf: yield from self.encode(buf)
+
+    def _final_prefix(self, text: str) -> int:
+        "A cut point of `text` that no later text can move: the start of its last pre-tokenized chunk, kept off any special token."
+        starts = [m.start() for m in regex.finditer(self.enc._pat_str, text)]
+        cut = starts[-1] if starts else 0
+        for s in self.enc.special_tokens_set:
+            i = text.find(s)
+            while i != -1:                                    # never cut through a special token
+                if i < cut < i + len(s): cut = i
+                i = text.find(s, i + 1)
+            for k in range(len(s) - 1, 0, -1):                # nor after the start of one that may still arrive
+                if text.endswith(s[:k], 0, cut): cut -= k; break
+        return cut
+
     def decode(self, ids) -> str:
         "The text of `ids`; an incomplete UTF-8 character (a cut-off sequence) decodes to U+FFFD."
         return self.enc.decode_bytes(self._ids(ids)).decode('utf-8', errors='replace')
