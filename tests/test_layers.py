@@ -5,9 +5,9 @@ import tinylm
 PKG = pathlib.Path(tinylm.__file__).parent
 # lowest first; a module may import only modules that come earlier in this list
 LAYERS = ['core', 'data', 'tokenizer', 'attention', 'model', 'generation', 'training',
-          'prenorm', 'rmsnorm', 'no_bias', 'glu', 'positions', 'gqa', 'stability', 'modern', 'hf',
+          'prenorm', 'rmsnorm', 'no_bias', 'glu', 'positions', 'gqa', 'stability', 'modern', 'hf', 'hyperparameters',
           'experiments', 'studies.baseline', 'studies.prenorm', 'studies.rmsnorm', 'studies.no_bias', 'studies.glu',
-          'studies.positions', 'studies.gqa', 'studies.stability', 'studies.modern', 'cli', '__init__']
+          'studies.positions', 'studies.gqa', 'studies.stability', 'studies.modern', 'studies.hyperparameters', 'cli', '__init__']
 
 def module_name(path: pathlib.Path) -> str:
     rel = path.relative_to(PKG).with_suffix('')

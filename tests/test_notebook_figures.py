@@ -17,7 +17,7 @@ NBS = Path(__file__).resolve().parent.parent / 'nbs'
 
 # the notebooks whose prose is told from computed outputs (06-14 and the index); PENDING holds any still being re-told
 CHECKED = ['06_experiments', '07_prenorm', '08_rmsnorm', '09_no_bias', '10_glu', '11_positions', '12_gqa', '13_stability', '14_modern', 'index']
-PENDING = []
+PENDING = ['15_hyperparameters']   # its cpu results are being run
 
 FIGURE = re.compile(r'(?<![\w.])(\d+(?:\.\d+)?%|\d+(?:\.\d+)?e[-+]?\d+|\d+\.\d+)(?![\w.]*\d)')
 NUMBER = re.compile(r'\d+(?:\.\d+)?(?:e[-+]?\d+)?')
@@ -77,7 +77,7 @@ def test_every_figure_in_the_prose_was_printed(name):
 
 
 def test_every_results_notebook_is_checked_or_pending():
-    told = {p.stem for p in NBS.glob('*.ipynb') if p.stem[:2].isdigit() and '06' <= p.stem[:2] <= '14' and not p.stem.startswith('14a')}
+    told = {p.stem for p in NBS.glob('*.ipynb') if p.stem[:2].isdigit() and p.stem[:2] >= '06' and not p.stem.startswith('14a')}
     assert told | {'index'} == set(CHECKED) | set(PENDING) and not set(CHECKED) & set(PENDING)
 
 

@@ -20,11 +20,12 @@ from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_toke
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RUN_FILES', 'MODEL_FIELDS', 'TRAIN_FIELDS',
-           'cross_entropy', 'clip_grad_norm', 'AdamW', 'TrainConfig', 'validate_train', 'cosine_schedule',
-           'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules', 'param_groups', 'make_optimizer',
-           'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint', 'model_from_checkpoint', 'read_metrics',
-           'plot_metrics', 'save_loss_plot', 'TrainingDiverged', 'RunFolderInUse', 'run_folder_lock',
-           'deferred_interrupt', 'TrainResult', 'Trainer', 'train', 'split_overrides']
+           'cross_entropy', 'clip_grad_norm', 'AdamW', 'TrainConfig', 'validate_train', 'warmup_multiplier',
+           'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules', 'param_groups',
+           'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint',
+           'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged',
+           'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Trainer', 'train',
+           'split_overrides']
 
 # %% ../nbs/05_training.ipynb #23c2161a
 def cross_entropy(logits: Tensor, # (..., V) unnormalized scores
@@ -128,26 +129,27 @@ def validate_train(cfg: TrainConfig) -> None:
     SCHEDULES.check(cfg.schedule, 'TrainConfig.schedule')
 
 # %% ../nbs/05_training.ipynb #23597801
-def _warmup(step: int, cfg: TrainConfig) -> float | None:
+def warmup_multiplier(step: int, cfg: TrainConfig) -> float | None:
+    "The linear warmup's multiplier of `cfg.lr` at `step`, or None once warmup is over (every schedule starts with it)."
     return (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else None
 
 @SCHEDULES.register('cosine')
 def cosine_schedule(step: int, cfg: TrainConfig) -> float:
     "Linear warmup, then half a cosine from 1 down to `min_lr_ratio` at `max_steps`."
-    if (w := _warmup(step, cfg)) is not None: return w
+    if (w := warmup_multiplier(step, cfg)) is not None: return w
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 @SCHEDULES.register('noam')
 def noam_schedule(step: int, cfg: TrainConfig) -> float:
     "Linear warmup, then decay as 1/sqrt(step) (Vaswani et al. 2017), peaking at 1."
-    if (w := _warmup(step, cfg)) is not None: return w
+    if (w := warmup_multiplier(step, cfg)) is not None: return w
     return math.sqrt(max(1, cfg.warmup_steps) / (step + 1))
 
 @SCHEDULES.register('constant')
 def constant_schedule(step: int, cfg: TrainConfig) -> float:
     "Linear warmup, then constant."
-    w = _warmup(step, cfg)
+    w = warmup_multiplier(step, cfg)
     return 1.0 if w is None else w
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
