@@ -5,11 +5,15 @@
 # %% ../nbs/15_hyperparameters.ipynb #18ce7c6a
 from __future__ import annotations
 import math
+from typing import Callable
 
 from .training import SCHEDULES, TrainConfig, warmup_multiplier
+from .model import MODEL_PRESETS, ModelConfig
+from .modern import param_counts
 
 # %% auto #0
-__all__ = ['COSINE_PERIODS', 'WSD_COOLDOWN', 'cosine_with_period', 'wsd_schedule']
+__all__ = ['COSINE_PERIODS', 'WSD_COOLDOWN', 'FFN_RATIOS', 'DEPTHS', 'cosine_with_period', 'wsd_schedule', 'width_to_match',
+           'shape_matched']
 
 # %% ../nbs/15_hyperparameters.ipynb #92eafbbb
 def cosine_with_period(factor: float # the cosine's period as a multiple of the run after warmup: 1 = notebook 05's cosine
@@ -36,3 +40,40 @@ def wsd_schedule(step: int, cfg: TrainConfig) -> float:
     start = (1 - WSD_COOLDOWN) * cfg.max_steps
     if step < start: return 1.0
     return 1 - (1 - cfg.min_lr_ratio) * min(1.0, (step + 1 - start) / (cfg.max_steps - start))
+
+# %% ../nbs/15_hyperparameters.ipynb #eceef1ba
+def width_to_match(make: Callable[[int], ModelConfig], # d_model -> the config to size
+                   reference: ModelConfig, # whose parameter count is matched
+                   step: int, # d_model moves in multiples of this (the head count, so heads divide it)
+                   key: str = 'non_embedding') -> int:
+    "The d_model, a multiple of `step`, whose `make(d_model)` has the `key` parameter count closest to `reference`'s."
+    target, best, d = param_counts(reference)[key], None, step
+    while True:   # counts grow with d: walk up until past the target, keep the closest
+        n = param_counts(make(d))[key]
+        if best is None or abs(n - target) < abs(best[1] - target): best = (d, n)
+        if n >= target: return best[0]
+        d += step
+
+def shape_matched(reference: str = 'baseline_2017', # the preset whose parameter count is kept
+                  d_ff_ratio: float | None = None, # d_ff = ratio x d_model
+                  n_layer: int | None = None, # the depth
+                  ffn: str | None = None, # another FFN (e.g. 'swiglu', with d_ff_ratio its hidden width)
+                 ) -> Callable[..., ModelConfig]:
+    "A preset: `reference` reshaped (an FFN ratio, a depth, an FFN), its d_model solved so the non-embedding parameters match `reference` at the given sizes."
+    if d_ff_ratio is None and n_layer is None and ffn is None: raise ValueError('shape_matched needs d_ff_ratio, n_layer or ffn')
+    def shaped(**overrides) -> ModelConfig:
+        if 'd_ff' in overrides: raise ValueError(f"d_ff={overrides['d_ff']!r} cannot be set on a shape-matched preset: it follows from d_ff_ratio")
+        ref = MODEL_PRESETS[reference](**overrides)   # the sizes given (d_model included) are the reference's
+        def make(d: int) -> ModelConfig:
+            cfg = ref.replace(d_model=d, n_layer=n_layer or ref.n_layer, ffn=ffn or ref.ffn)
+            return cfg.replace(d_ff=max(1, round(d_ff_ratio * d))) if d_ff_ratio is not None else cfg
+        return make(width_to_match(make, ref, ref.n_head * (2 if ref.position == 'rope' else 1)))
+    what = ', '.join(f'{k}={v}' for k, v in dict(d_ff_ratio=d_ff_ratio, n_layer=n_layer, ffn=ffn).items() if v is not None)
+    shaped.__doc__ = f'`{reference}` with {what}, d_model chosen to match its non-embedding parameters.'
+    return shaped
+
+FFN_RATIOS = {'relu': (1, 2, 4, 8), 'swiglu': (1, 2, 8 / 3, 4)}   # the rules: 4 (plain), 8/3 (gated)
+DEPTHS = (1, 2, 3, 6, 12)
+for _ffn, _ratios in FFN_RATIOS.items():
+    for _r in _ratios: MODEL_PRESETS.register(f'{_ffn}_ff{_r:.3g}')(shape_matched(d_ff_ratio=_r, ffn=_ffn))
+for _L in DEPTHS: MODEL_PRESETS.register(f'depth{_L}')(shape_matched(n_layer=_L))

@@ -5,12 +5,13 @@
 # %% ../../nbs/studies/15_hyperparameters.ipynb #513b29e9
 from __future__ import annotations
 
-from ..hyperparameters import COSINE_PERIODS
+from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS
 from ..experiments import BUDGETS, SCALES, Experiment, RunSpec, combine, grid, register_experiment
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
-           'WARMUPS', 'WARMUP_EXPERIMENT', 'equal_tokens_budget']
+           'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'HEADS_EXPERIMENT',
+           'equal_tokens_budget']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -54,3 +55,25 @@ WARMUP_EXPERIMENT = register_experiment(Experiment(
     description='warmup length at the scale LR and at twice it, equal tokens: warmup matters most at a large LR '
                 '(Xiong et al. 2020; Liu et al. 2020)',
     claims=(), scales={'cpu': {'seeds': (1, 2)}}, notebook='15_hyperparameters'))
+
+# %% ../../nbs/studies/15_hyperparameters.ipynb #d3e547a9
+FFN_RATIO_EXPERIMENT = register_experiment(Experiment(
+    '15_ffn_ratio', {f'{ffn} d_ff={r:.3g}d': {'preset': f'{ffn}_ff{r:.3g}'} for ffn, rs in FFN_RATIOS.items() for r in rs},
+    description='the FFN width d_ff / d_model at equal non-embedding parameters and tokens, each at its best LR: 4 (plain) '
+                'and 8/3 (gated) sit near the bottom of a wide bowl (Vaswani et al. 2017; Shazeer 2020; CS336 lecture 3)',
+    tune_lr=True, reference='relu d_ff=4d',
+    claims=tuple((f'relu d_ff={r:.3g}d', 'relu d_ff=4d') for r in FFN_RATIOS['relu'] if r != 4) +
+           tuple((f'swiglu d_ff={r:.3g}d', 'swiglu d_ff=2.67d') for r in FFN_RATIOS['swiglu'] if r != 8 / 3),
+    notebook='15_hyperparameters'))
+
+ASPECT_EXPERIMENT = register_experiment(Experiment(
+    '15_aspect', {f'{L} layers': {'preset': f'depth{L}'} for L in DEPTHS},
+    description='depth against width (d_model / n_layer) at equal non-embedding parameters and tokens, each at its best LR: '
+                'the loss depends only weakly on the shape over a wide range (Kaplan et al. 2020)',
+    tune_lr=True, reference='3 layers', notebook='15_hyperparameters'))
+
+HEADS_EXPERIMENT = register_experiment(Experiment(
+    '15_heads', {f'{h} heads': {'n_head': h} for h in (1, 2, 4, 8, 16)},
+    description='the number of heads at a fixed width (head_dim = d_model / n_head from 64 to 4 at cpu scale), equal parameters '
+                'and tokens, each at its best LR: several heads beat one, and very narrow heads cost (Vaswani et al. 2017, table 3)',
+    tune_lr=True, reference='4 heads', notebook='15_hyperparameters'))
