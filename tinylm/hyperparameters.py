@@ -68,7 +68,7 @@ def shape_matched(reference: str = 'baseline_2017', # the preset whose parameter
             cfg = ref.replace(d_model=d, n_layer=n_layer or ref.n_layer, ffn=ffn or ref.ffn)
             return cfg.replace(d_ff=max(1, round(d_ff_ratio * d))) if d_ff_ratio is not None else cfg
         return make(width_to_match(make, ref, ref.n_head * (2 if ref.position == 'rope' else 1)))
-    what = ', '.join(f'{k}={v}' for k, v in dict(d_ff_ratio=d_ff_ratio, n_layer=n_layer, ffn=ffn).items() if v is not None)
+    what = ', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in dict(d_ff_ratio=d_ff_ratio, n_layer=n_layer, ffn=ffn).items() if v is not None)
     shaped.__doc__ = f'`{reference}` with {what}, d_model chosen to match its non-embedding parameters.'
     return shaped
 
