@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS
-from ..experiments import BUDGETS, SCALES, Experiment, RunSpec, combine, grid, register_experiment
+from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, combine, compared_runs, config_value, grid,
+                                paired_difference, plot_title, register_experiment, summarize)
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
            'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'HEADS_EXPERIMENT',
-           'equal_tokens_budget']
+           'equal_tokens_budget', 'grid_cells', 'best_per_row', 'best_per_row_table', 'plot_against_product']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -77,3 +78,47 @@ HEADS_EXPERIMENT = register_experiment(Experiment(
     description='the number of heads at a fixed width (head_dim = d_model / n_head from 64 to 4 at cpu scale), equal parameters '
                 'and tokens, each at its best LR: several heads beat one, and very narrow heads cost (Vaswani et al. 2017, table 3)',
     tune_lr=True, reference='4 heads', notebook='15_hyperparameters'))
+
+# %% ../../nbs/studies/15_hyperparameters.ipynb #0f4e4af0
+def grid_cells(result: dict, row: str, col: str) -> dict[tuple, str]:
+    "The variant name at each (row value, col value) of a two-key grid experiment."
+    cells = {}
+    for r in compared_runs(result): cells[(config_value(r, row), config_value(r, col))] = r['variant']
+    return cells
+
+def best_per_row(result: dict, row: str = 'lr', col: str = 'weight_decay', reference=0.0, metric: str = 'val_loss') -> list[dict]:
+    "Per value of `row`, the `col` value with the lowest seed-mean `metric`, and its paired difference to `col = reference` at the same row."
+    cells, rows = grid_cells(result, row, col), summarize(result, metric)
+    out = []
+    for a in sorted({k[0] for k in cells}):
+        means = {b: rows[v]['mean'] for (a2, b), v in cells.items() if a2 == a and v in rows and rows[v]['mean'] is not None}
+        if not means: out.append(dict(row=a, means={}, best=None, diff=None)); continue
+        best = min(means, key=means.get)
+        diff = None if best == reference or (a, reference) not in cells else paired_difference(result, cells[(a, best)], cells[(a, reference)], metric)
+        out.append(dict(row=a, means=means, best=best, diff=diff))
+    return out
+
+def best_per_row_table(result: dict, row: str = 'lr', col: str = 'weight_decay', reference=0.0, metric: str = 'val_loss') -> str:
+    "`best_per_row` as a markdown table: the seed-mean loss at every cell (the row's best in bold), and the best against the reference column."
+    table = best_per_row(result, row, col, reference, metric)
+    cols = sorted({b for t in table for b in t['means']})
+    f4 = lambda x: f'{x:.4f}'
+    lines = [f"| {row} | " + ' | '.join(f'{col}={c:g}' for c in cols) + f' | best {col} | Δ vs {col}={reference:g} | 95% interval | verdict |',
+             '|---' * (len(cols) + 5) + '|']
+    for t in table:
+        cells = [('**' + f4(t['means'][c]) + '**' if c == t['best'] else f4(t['means'][c])) if c in t['means'] else 'diverged' for c in cols]
+        d = t['diff']
+        tail = ['(itself)', '', ''] if d is None else [f"{d['mean']:+.4f}", '–' if d['lo'] is None else f"[{d['lo']:+.4f}, {d['hi']:+.4f}]", d['verdict']]
+        lines.append(f"| {t['row']:g} | " + ' | '.join(cells) + f" | {'–' if t['best'] is None else format(t['best'], 'g')} | " + ' | '.join(tail) + ' |')
+    return '\n'.join(lines)
+
+def plot_against_product(result: dict, row: str = 'lr', col: str = 'weight_decay', metric: str = 'val_loss', ax=None):
+    "Final `metric` against the product row x col (for AdamW: lr x wd, the decay per step), one line per `row` value; lines that fall on one curve mean the product is what matters."
+    ax = axes_or_new(ax)
+    cells, rows = grid_cells(result, row, col), summarize(result, metric)
+    for a in sorted({k[0] for k in cells}):
+        pts = sorted((a * b, rows[v]['mean']) for (a2, b), v in cells.items() if a2 == a and b > 0 and v in rows and rows[v]['mean'] is not None)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', ms=4, label=f'{row}={a:g}')
+    ax.set_xscale('log'); ax.set_xlabel(f"{row} x {col.replace('_', ' ')}"); ax.set_ylabel(f"final {metric.replace('_', ' ')}")
+    ax.set_title(plot_title(result, f'{metric} vs {row} x {col} ({col} > 0)'), fontsize=9); ax.legend(fontsize=7); ax.grid(alpha=0.3)
+    return ax
