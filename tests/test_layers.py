@@ -6,7 +6,7 @@ PKG = pathlib.Path(tinylm.__file__).parent
 # lowest first; a module may import only modules that come earlier in this list
 LAYERS = ['core', 'data', 'tokenizer', 'attention', 'model', 'generation', 'training',
           'prenorm', 'rmsnorm', 'no_bias', 'glu', 'positions', 'gqa', 'stability', 'modern', 'hf', 'hyperparameters',
-          'experiments', 'studies.baseline', 'studies.prenorm', 'studies.rmsnorm', 'studies.no_bias', 'studies.glu',
+          'experiments', 'scaling', 'studies.baseline', 'studies.prenorm', 'studies.rmsnorm', 'studies.no_bias', 'studies.glu',
           'studies.positions', 'studies.gqa', 'studies.stability', 'studies.modern', 'studies.hyperparameters', 'studies.scaling', 'cli', '__init__']
 
 def module_name(path: pathlib.Path) -> str:
