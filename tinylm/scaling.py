@@ -14,7 +14,8 @@ from .experiments import axes_or_new, plot_title, t_quantile
 
 # %% auto #0
 __all__ = ['CHINCHILLA_GRID', 'power_law', 'fit_parabola', 'isoflop_optima', 'fit_isoflop', 'fit_scaling_law', 'law_loss',
-           'law_optimum', 'plot_isoflop', 'plot_optima', 'plot_frontier']
+           'law_optimum', 'plot_isoflop', 'plot_optima', 'plot_frontier', 'isoflop_points', 'predict_run',
+           'save_prediction']
 
 # %% ../nbs/16_scaling_laws.ipynb #63567256
 def power_law(x, y) -> dict:
@@ -190,3 +191,39 @@ def plot_frontier(points: list[dict], ax=None, label: str = 'width', title: str 
     ax.set_xscale('log'); ax.set_xlabel('training FLOPs C'); ax.set_ylabel('final val loss (nats/token)')
     ax.set_title(title, fontsize=9); ax.legend(fontsize=7, ncol=2); ax.grid(alpha=0.3)
     return ax
+
+# %% ../nbs/16_scaling_laws.ipynb #2f363a91
+def isoflop_points(result: dict, # a result with LR-tuning runs (16_isoflop, 16_predict)
+                   group=lambda variant: variant.split(' | ')[0], # variant name -> its budget's label
+                  ) -> list[dict]:
+    "Per variant, its best-LR run as a point: budget, C (FLOPs spent), N (non-embedding parameters), D (tokens), loss, width, lr."
+    best = {}
+    for run in result['runs'].values():
+        if run['status'] != 'ok' or run['final'].get('val_loss') is None: continue
+        v = run['variant']
+        if v not in best or run['final']['val_loss'] < best[v]['final']['val_loss']: best[v] = run
+    return [dict(variant=v, budget=group(v), C=float(r['budget']['flops']), N=r['params']['non_embedding'], D=r['final']['tokens'],
+                 loss=r['final']['val_loss'], width=r['model_config']['d_model'], lr=r['train_config']['lr'],
+                 at_edge=bool(result.get('tuning', {}).get(v, {}).get('at_edge'))) for v, r in best.items()]
+
+# %% ../nbs/16_scaling_laws.ipynb #4c84bbc4
+def predict_run(law: dict, # fit_scaling_law's result
+                iso: dict, # fit_isoflop's result
+                C: float, # the budget to predict, in FLOPs
+                candidates: dict, # width -> (N, FLOPs per token) of the models that could be run
+               ) -> dict:
+    "The run to make at budget C (the candidate nearest the IsoFLOP N_opt(C)) and its predicted loss, by the parametric law and by the vertices' power law."
+    n_opt = iso['N']['k'] * C ** iso['N']['a']
+    width = min(candidates, key=lambda w: abs(math.log(candidates[w][0] / n_opt)))
+    N, fpt = candidates[width]
+    D = C / fpt
+    vertex = power_law([o['C'] for o in iso['optima']], [o['loss_opt'] for o in iso['optima']])
+    return dict(C=C, N_opt=n_opt, N_opt_law=float(law_optimum(law, C)[0]), width=width, N=N, D=D,
+                loss_law=float(law_loss(law, N, D)), loss_vertices=vertex['k'] * C ** vertex['a'],
+                law={k: law[k] for k in ('E', 'A', 'B', 'alpha', 'beta')}, N_exponent=iso['N']['a'])
+
+def save_prediction(prediction: dict, path, fitted_on: str) -> None:
+    "Write `prediction` as a result file (experiment '<name>_prediction'), with the commit of the code and the experiment it was fitted on."
+    from tinylm.experiments import save_result
+    from tinylm.core import git_commit
+    save_result(dict(prediction, experiment=f'{fitted_on}_prediction', fitted_on=fitted_on, commit=git_commit()), path)

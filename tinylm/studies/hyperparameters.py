@@ -12,7 +12,8 @@ from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, co
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
            'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'HEADS_EXPERIMENT',
-           'equal_tokens_budget', 'grid_cells', 'best_per_row', 'best_per_row_table', 'plot_against_product']
+           'ASPECT_TOLERANCE', 'RULES', 'equal_tokens_budget', 'grid_cells', 'best_per_row', 'best_per_row_table',
+           'plot_against_product', 'plot_shape', 'rules_table']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -122,3 +123,104 @@ def plot_against_product(result: dict, row: str = 'lr', col: str = 'weight_decay
     ax.set_xscale('log'); ax.set_xlabel(f"{row} x {col.replace('_', ' ')}"); ax.set_ylabel(f"final {metric.replace('_', ' ')}")
     ax.set_title(plot_title(result, f'{metric} vs {row} x {col} ({col} > 0)'), fontsize=9); ax.legend(fontsize=7); ax.grid(alpha=0.3)
     return ax
+
+# %% ../../nbs/studies/15_hyperparameters.ipynb #46ba721c
+def plot_shape(result: dict, x, # run -> the shape number on the x axis (e.g. d_ff / d_model)
+               xlabel: str, group=lambda run: '', # run -> its line's label
+               metric: str = 'val_loss', ax=None, logx: bool = True):
+    "Seed-mean final `metric` (± sd over seeds) per variant against `x(run)`, one line per `group(run)`."
+    ax = axes_or_new(ax)
+    rows, lines = summarize(result, metric), {}
+    for r in compared_runs(result):
+        s = rows.get(r['variant'])
+        if s and s['mean'] is not None: lines.setdefault(group(r), {})[x(r)] = (s['mean'], s['sd'])
+    for g, pts in lines.items():
+        xs = sorted(pts)
+        ax.errorbar(xs, [pts[v][0] for v in xs], yerr=[pts[v][1] for v in xs], fmt='o-', ms=4, capsize=3, label=g or None)
+    if logx: ax.set_xscale('log', base=2)
+    ax.set_xlabel(xlabel); ax.set_ylabel(f"final {metric.replace('_', ' ')}")
+    if any(lines): ax.legend(fontsize=7)
+    ax.set_title(plot_title(result, f'{metric} vs {xlabel} (each at its best LR)'), fontsize=9); ax.grid(alpha=0.3)
+    return ax
+
+# %% ../../nbs/studies/15_hyperparameters.ipynb #8efb73e0
+def _best(result: dict, among=None) -> str:
+    rows = summarize(result)
+    return min((v for v in rows if rows[v]['mean'] is not None and (among is None or v in among)), key=lambda v: rows[v]['mean'])
+
+def _none_better(result: dict, choice: str, others=None) -> tuple[str, str]:
+    "Whether any variant is better than the rule's `choice` (paired, 95%): the measured best, and the verdict."
+    others = [v for v in (others or result['variants']) if v != choice]
+    beat = [v for v in others if paired_difference(result, v, choice)['verdict'] == 'better']
+    best = _best(result, [choice] + others)
+    found = f'best: {best}' + (f' (vs {choice}: {paired_difference(result, best, choice)["mean"]:+.4f})' if best != choice else '')
+    return found, ('agrees' if not beat else f"disagrees: better than {choice}: {', '.join(beat)}")
+
+def _schedule_rule(r):
+    return _none_better(r, 'cosine', ['cosine'] + [f'cosine_x{k:g}' for k in COSINE_PERIODS])
+
+def _noam_rule(r):
+    d = paired_difference(r, 'noam', 'cosine')
+    return f"noam vs cosine: {d['mean']:+.4f}", 'agrees' if d['verdict'] == 'worse' else f"disagrees ({d['verdict']})"
+
+def _wsd_rule(r):
+    d = paired_difference(r, 'wsd', 'cosine')
+    return f"wsd vs cosine: {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]", {'not separable': 'agrees', 'better': 'beats it', 'worse': 'disagrees'}[d['verdict']]
+
+def _batch_rule(r):
+    best = [r['tuning'][f'batch {b}']['best_lr'] for b in BATCH_SIZES]
+    found = 'best LR ' + ', '.join(f'{lr:g}' for lr in best) + ' at batch ' + ', '.join(map(str, BATCH_SIZES))
+    rises = all(b >= a for a, b in zip(best, best[1:])) and best[-1] > best[0]
+    return found, ('agrees' if rises and all(b > a for a, b in zip(best, best[1:])) else 'partly: rises, then flat' if rises else 'disagrees')
+
+def _decay_rule(r):
+    rows = [t for t in best_per_row(r) if t['best'] is not None]
+    found = 'best decay ' + ', '.join(f"{t['best']:g}" for t in rows) + ' at LR ' + ', '.join(f"{t['row']:g}" for t in rows)
+    b = [t['best'] for t in rows]
+    return found, ('agrees' if all(y <= x for x, y in zip(b, b[1:])) and b[-1] < b[0] else
+                   'disagrees: the best decay rises with the LR' if all(y >= x for x, y in zip(b, b[1:])) and b[-1] > b[0] else 'disagrees: no trend')
+
+def _warmup_rule(r):
+    lr = SCALES['cpu'].train['lr']
+    d1, d2 = (paired_difference(r, f'warmup_steps=0 | lr={f * lr:g}', f'warmup_steps=50 | lr={f * lr:g}') for f in (1, 2))
+    return (f"no warmup vs 50 steps: {d1['mean']:+.4f} at lr {lr:g} ({d1['verdict']}), {d2['mean']:+.4f} at {2 * lr:g} ({d2['verdict']})",
+            'agrees' if d2['verdict'] == 'worse' and d1['verdict'] != 'worse' else 'disagrees')
+
+def _heads_rule(r):
+    one, many = paired_difference(r, '1 heads', '4 heads'), paired_difference(r, '16 heads', '4 heads')
+    return (f"best: {_best(r)}; 1 head vs 4: {one['mean']:+.4f} ({one['verdict']}); 16 heads vs 4: {many['mean']:+.4f} ({many['verdict']})",
+            'agrees' if one['verdict'] == 'worse' and many['verdict'] == 'worse' else 'partly' if 'worse' in (one['verdict'], many['verdict']) else 'disagrees')
+
+ASPECT_TOLERANCE = 0.03   # Kaplan et al.: the loss varies by "a few percent" over a wide range of shapes
+
+def _aspect_rule(r):
+    rows = {v: s['mean'] for v, s in summarize(r).items() if s['mean'] is not None}
+    best = min(rows, key=rows.get)
+    near = [v for v in rows if rows[v] <= rows[best] * (1 + ASPECT_TOLERANCE)]
+    return (f"best: {best}; within {ASPECT_TOLERANCE:.0%} of it: {', '.join(near)}",
+            'agrees' if len(near) >= 3 else f'disagrees: only {len(near)} shape(s) within {ASPECT_TOLERANCE:.0%}')
+
+RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdict))
+    ('cosine period = the run length', 'Hoffmann et al. 2022', '15_schedules', _schedule_rule),
+    ('cosine beats Noam (inverse square root)', 'CS336; Hoffmann et al. 2022', '15_schedules', _noam_rule),
+    ('WSD matches cosine', 'Hu et al. 2024; Hägele et al. 2024', '15_schedules', _wsd_rule),
+    ('the best LR rises with the batch', 'McCandlish et al. 2018; Kaplan et al. 2020', '15_batch_lr', _batch_rule),
+    ('the best decay falls as the LR rises (lr x wd)', 'Wang & Aitchison 2024', '15_weight_decay', _decay_rule),
+    ('warmup matters at a large LR, not a moderate one', 'Xiong et al. 2020; Liu et al. 2020', '15_warmup', _warmup_rule),
+    ('d_ff = 4 d_model (plain FFN)', 'Vaswani et al. 2017', '15_ffn_ratio',
+     lambda r: _none_better(r, 'relu d_ff=4d', [v for v in r['variants'] if v.startswith('relu')])),
+    ('d_ff = 8/3 d_model (gated FFN)', 'Shazeer 2020', '15_ffn_ratio',
+     lambda r: _none_better(r, 'swiglu d_ff=2.67d', [v for v in r['variants'] if v.startswith('swiglu')])),
+    ('the loss depends weakly on depth vs width', 'Kaplan et al. 2020', '15_aspect', _aspect_rule),
+    ('several heads beat one; very narrow heads cost', 'Vaswani et al. 2017, table 3', '15_heads', _heads_rule),
+)
+
+def rules_table(scale: str = 'best', results=None) -> str:
+    "The markdown table of `RULES`: per rule its source, experiment, what was measured and the verdict (or why there is none yet)."
+    from tinylm.experiments import is_current, load_result
+    lines = ['| rule | source | experiment | measured at this scale | verdict |', '|---|---|---|---|---|']
+    for rule, source, name, fn in RULES:
+        res = load_result(name, scale, results)
+        found, v = fn(res) if is_current(res) else ('not run yet (or interrupted)', '–')
+        lines.append(f"| {rule} | {source} | `{name}` | {found.replace('|', chr(92) + '|')} | {'**' + v + '**' if v != '–' else v} |")
+    return '\n'.join(lines)

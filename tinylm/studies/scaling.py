@@ -8,10 +8,12 @@ from __future__ import annotations
 from ..core import Registry
 from ..experiments import BUDGETS, EXPERIMENT_BASE, SCALES, Experiment, RunSpec, register_experiment, run_flops_per_token
 from ..model import MODEL_PRESETS, model_flops_per_token
+from ..scaling import fit_isoflop, isoflop_points
 
 # %% auto #0
 __all__ = ['COMPUTE', 'ISOFLOP_WIDTHS', 'ISOFLOP_BUDGETS', 'PREDICT_BUDGET', 'ISOFLOP_EXPERIMENT', 'PREDICT_WIDTH',
-           'PREDICT_EXPERIMENT', 'scale_compute', 'compute_budget', 'isoflop_variant']
+           'PREDICT_EXPERIMENT', 'scale_compute', 'compute_budget', 'isoflop_headline', 'predict_headline',
+           'isoflop_variant']
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #7d27af53
 COMPUTE = Registry('compute multiples')   # experiment name -> {variant: multiple of the scale's compute}
@@ -36,6 +38,24 @@ def compute_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> l
                                   eval_interval=max(1, round(sc['eval_interval'] * f)), log_interval=max(1, round(sc.get('log_interval', s.train.log_interval) * f)))
     return specs
 
+# %% ../../nbs/studies/16_scaling_laws.ipynb #c56ccf09
+def isoflop_headline(result: dict) -> list[str]:
+    "The IsoFLOP fit of a result: N_opt and D_opt exponents with their t-intervals, and tokens per parameter at each budget's optimum."
+    try: iso = fit_isoflop(isoflop_points(result), n_boot=0)
+    except ValueError as e: return [f'no IsoFLOP fit: {e}']
+    ci = lambda f: f" [{f['lo']:.2f}, {f['hi']:.2f}]" if f['lo'] is not None else ''
+    return [f"N_opt ~ C^{iso['N']['a']:.2f}{ci(iso['N'])}, D_opt ~ C^{iso['D']['a']:.2f}{ci(iso['D'])} ({len(iso['optima'])} budgets; Chinchilla: 0.5, 0.5)",
+            'tokens per parameter at the optima: ' + ', '.join(f'{r:.1f}' for r in iso['tokens_per_param']) + ' (Chinchilla: ~20)']
+
+def predict_headline(result: dict) -> list[str]:
+    "The held-out run's measured loss against the committed prediction (the `16_isoflop_prediction` result file)."
+    from tinylm.experiments import load_result
+    (h,) = isoflop_points(result)
+    pred = load_result('16_isoflop_prediction', result['scale'])
+    if pred is None: return [f"measured {h['loss']:.3f}; no committed prediction to compare with"]
+    err = h['loss'] - pred['loss_law']
+    return [f"measured {h['loss']:.3f}, predicted {pred['loss_law']:.3f} by the law fitted on 16_isoflop: error {err:+.3f} ({err / h['loss']:+.1%})"]
+
 # %% ../../nbs/studies/16_scaling_laws.ipynb #aa388538
 ISOFLOP_WIDTHS = (16, 24, 32, 48, 64, 96)     # d_model; at cpu: 9k to 332k non-embedding parameters
 ISOFLOP_BUDGETS = (0.125, 0.25, 0.5)          # multiples of the scale's compute
@@ -47,7 +67,7 @@ ISOFLOP_EXPERIMENT = register_experiment(Experiment(
     '16_isoflop', {isoflop_variant(c, d): {'d_model': d} for c in ISOFLOP_BUDGETS for d in ISOFLOP_WIDTHS},
     description='IsoFLOP profiles (Hoffmann et al. 2022, approach 2): at each compute budget a parabola in log N has a '
                 'minimum N_opt, and N_opt, D_opt grow as powers of C (about C^0.5 each, ~20 tokens per parameter)',
-    budget='compute', tune_lr=True, claims=(), scales={s: {'seeds': ()} for s in SCALES}, notebook='16_scaling_laws'))
+    budget='compute', tune_lr=True, claims=(), headline=isoflop_headline, scales={s: {'seeds': ()} for s in SCALES}, notebook='16_scaling_laws'))
 COMPUTE['16_isoflop'] = {isoflop_variant(c, d): c for c in ISOFLOP_BUDGETS for d in ISOFLOP_WIDTHS}
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #a23ce2f1
@@ -56,5 +76,5 @@ PREDICT_EXPERIMENT = register_experiment(Experiment(
     '16_predict', {isoflop_variant(PREDICT_BUDGET, PREDICT_WIDTH): {'d_model': PREDICT_WIDTH}},
     description='predictable scaling: the loss of a run at 4x the largest fitted budget, predicted by the laws fitted on '
                 '16_isoflop before it ran (OpenAI 2023; Hoffmann et al. 2022)',
-    budget='compute', tune_lr=True, claims=(), scales={s: {'seeds': ()} for s in SCALES}, notebook='16_scaling_laws'))
+    budget='compute', tune_lr=True, claims=(), headline=predict_headline, scales={s: {'seeds': ()} for s in SCALES}, notebook='16_scaling_laws'))
 COMPUTE['16_predict'] = {isoflop_variant(PREDICT_BUDGET, PREDICT_WIDTH): PREDICT_BUDGET}
