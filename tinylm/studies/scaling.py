@@ -11,9 +11,9 @@ from ..model import MODEL_PRESETS, model_flops_per_token
 from ..scaling import fit_isoflop, isoflop_points
 
 # %% auto #0
-__all__ = ['COMPUTE', 'ISOFLOP_WIDTHS', 'ISOFLOP_BUDGETS', 'PREDICT_BUDGET', 'ISOFLOP_EXPERIMENT', 'PREDICT_WIDTH',
+__all__ = ['COMPUTE', 'WIDTH_FACTORS', 'ISOFLOP_BUDGETS', 'PREDICT_BUDGET', 'ISOFLOP_EXPERIMENT', 'PREDICT_FACTOR',
            'PREDICT_EXPERIMENT', 'scale_compute', 'compute_budget', 'isoflop_headline', 'predict_headline',
-           'isoflop_variant']
+           'scaled_width', 'isoflop_variant']
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #7d27af53
 COMPUTE = Registry('compute multiples')   # experiment name -> {variant: multiple of the scale's compute}
@@ -57,24 +57,34 @@ def predict_headline(result: dict) -> list[str]:
     return [f"measured {h['loss']:.3f}, predicted {pred['loss_law']:.3f} by the law fitted on 16_isoflop: error {err:+.3f} ({err / h['loss']:+.1%})"]
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #aa388538
-ISOFLOP_WIDTHS = (16, 24, 32, 48, 64, 96)     # d_model; at cpu: 9k to 332k non-embedding parameters
-ISOFLOP_BUDGETS = (0.125, 0.25, 0.5)          # multiples of the scale's compute
-PREDICT_BUDGET = 2.0                          # the held-out budget: 4x the largest fitted one
+WIDTH_FACTORS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5)   # d_model as multiples of the scale's; at cpu 16 to 96 (9k to 342k non-embedding parameters)
+ISOFLOP_BUDGETS = (0.125, 0.25, 0.5)                # multiples of the scale's compute
+PREDICT_BUDGET = 2.0                                # the held-out budget: 4x the largest fitted one
 
-def isoflop_variant(multiple: float, width: int) -> str: return f'C x{multiple:g} | d={width}'
+def scaled_width(factor: float):
+    "A preset: the baseline at `factor` times the given d_model (rounded to a multiple of the head count), all else the scale's."
+    def make(**overrides):
+        ref = MODEL_PRESETS['baseline_2017'](**overrides)
+        return ref.replace(d_model=max(ref.n_head, round(factor * ref.d_model / ref.n_head) * ref.n_head))
+    make.__doc__ = f'The baseline at {factor:g} x the given width.'
+    return make
+
+for _f in WIDTH_FACTORS + (2.0,): MODEL_PRESETS.register(f'width_x{_f:g}')(scaled_width(_f))
+
+def isoflop_variant(multiple: float, factor: float) -> str: return f'C x{multiple:g} | width x{factor:g}'
 
 ISOFLOP_EXPERIMENT = register_experiment(Experiment(
-    '16_isoflop', {isoflop_variant(c, d): {'d_model': d} for c in ISOFLOP_BUDGETS for d in ISOFLOP_WIDTHS},
+    '16_isoflop', {isoflop_variant(c, f): {'preset': f'width_x{f:g}'} for c in ISOFLOP_BUDGETS for f in WIDTH_FACTORS},
     description='IsoFLOP profiles (Hoffmann et al. 2022, approach 2): at each compute budget a parabola in log N has a '
                 'minimum N_opt, and N_opt, D_opt grow as powers of C (about C^0.5 each, ~20 tokens per parameter)',
     budget='compute', tune_lr=True, claims=(), headline=isoflop_headline, scales={s: {'seeds': ()} for s in SCALES}, notebook='16_scaling_laws'))
-COMPUTE['16_isoflop'] = {isoflop_variant(c, d): c for c in ISOFLOP_BUDGETS for d in ISOFLOP_WIDTHS}
+COMPUTE['16_isoflop'] = {isoflop_variant(c, f): c for c in ISOFLOP_BUDGETS for f in WIDTH_FACTORS}
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #a23ce2f1
-PREDICT_WIDTH = 64   # the ladder width nearest N_opt at PREDICT_BUDGET by the fit of 16_isoflop (notebook 16)
+PREDICT_FACTOR = 1.0   # the ladder width nearest N_opt at PREDICT_BUDGET by the fit of 16_isoflop (notebook 16)
 PREDICT_EXPERIMENT = register_experiment(Experiment(
-    '16_predict', {isoflop_variant(PREDICT_BUDGET, PREDICT_WIDTH): {'d_model': PREDICT_WIDTH}},
+    '16_predict', {isoflop_variant(PREDICT_BUDGET, PREDICT_FACTOR): {'preset': f'width_x{PREDICT_FACTOR:g}'}},
     description='predictable scaling: the loss of a run at 4x the largest fitted budget, predicted by the laws fitted on '
                 '16_isoflop before it ran (OpenAI 2023; Hoffmann et al. 2022)',
     budget='compute', tune_lr=True, claims=(), headline=predict_headline, scales={s: {'seeds': ()} for s in SCALES}, notebook='16_scaling_laws'))
-COMPUTE['16_predict'] = {isoflop_variant(PREDICT_BUDGET, PREDICT_WIDTH): PREDICT_BUDGET}
+COMPUTE['16_predict'] = {isoflop_variant(PREDICT_BUDGET, PREDICT_FACTOR): PREDICT_BUDGET}
