@@ -14,8 +14,8 @@ from .experiments import axes_or_new, plot_title, t_quantile
 
 # %% auto #0
 __all__ = ['CHINCHILLA_GRID', 'power_law', 'fit_parabola', 'isoflop_optima', 'fit_isoflop', 'fit_scaling_law', 'law_loss',
-           'law_optimum', 'plot_isoflop', 'plot_optima', 'plot_frontier', 'isoflop_points', 'predict_run',
-           'save_prediction']
+           'law_optimum', 'plot_isoflop', 'plot_optima', 'plot_frontier', 'isoflop_points', 'past_optimum',
+           'predict_run', 'save_prediction']
 
 # %% ../nbs/16_scaling_laws.ipynb #63567256
 def power_law(x, y) -> dict:
@@ -205,6 +205,18 @@ def isoflop_points(result: dict, # a result with LR-tuning runs (16_isoflop, 16_
     return [dict(variant=v, budget=group(v), C=float(r['budget']['flops']), N=r['params']['non_embedding'], D=r['final']['tokens'],
                  loss=r['final']['val_loss'], width=r['model_config']['d_model'], lr=r['train_config']['lr'],
                  at_edge=bool(result.get('tuning', {}).get(v, {}).get('at_edge'))) for v, r in best.items()]
+
+# %% ../nbs/16_scaling_laws.ipynb #0ffa73d2
+def past_optimum(points: list[dict]) -> list[dict]:
+    "Per width: its runs by budget with tokens per parameter and gap to the budget's best run, and whether its loss fell at every larger budget."
+    best = {b: min(p['loss'] for p in ps) for b, ps in _profiles(points).items()}
+    out = []
+    for w in sorted({p['width'] for p in points}):
+        ps = sorted((p for p in points if p['width'] == w), key=lambda p: p['C'])
+        out.append(dict(width=w, N=ps[0]['N'], runs=[dict(budget=p['budget'], C=p['C'], loss=p['loss'], tokens_per_param=p['D'] / p['N'],
+                                                          gap=p['loss'] - best[p['budget']]) for p in ps],
+                        keeps_improving=all(b['loss'] < a['loss'] for a, b in zip(ps, ps[1:]))))
+    return out
 
 # %% ../nbs/16_scaling_laws.ipynb #4c84bbc4
 def predict_run(law: dict, # fit_scaling_law's result
