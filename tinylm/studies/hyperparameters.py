@@ -12,8 +12,8 @@ from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, co
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
            'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'HEADS_EXPERIMENT',
-           'ASPECT_TOLERANCE', 'RULES', 'equal_tokens_budget', 'grid_cells', 'best_per_row', 'best_per_row_table',
-           'plot_against_product', 'plot_shape', 'rules_table']
+           'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget', 'grid_cells', 'best_per_row',
+           'best_per_row_table', 'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -193,12 +193,27 @@ def _heads_rule(r):
 
 ASPECT_TOLERANCE = 0.03   # Kaplan et al.: the loss varies by "a few percent" over a wide range of shapes
 
+COLLAPSED = 1.25   # a seed whose final loss is above this multiple of the best variant's mean did not train (it collapsed)
+
+def collapsed_seeds(result: dict) -> dict[str, list[int]]:
+    "Per variant, the seeds whose final loss is more than `COLLAPSED` times the best variant's mean: runs that stalled, not diverged to NaN."
+    rows = summarize(result)
+    top = COLLAPSED * min(s['mean'] for s in rows.values() if s['mean'] is not None)
+    out = {}
+    for r in compared_runs(result):
+        if r['status'] == 'ok' and r['final']['val_loss'] > top: out.setdefault(r['variant'], []).append(r['seed'])
+    return out
+
 def _aspect_rule(r):
     rows = {v: s['mean'] for v, s in summarize(r).items() if s['mean'] is not None}
-    best = min(rows, key=rows.get)
-    near = [v for v in rows if rows[v] <= rows[best] * (1 + ASPECT_TOLERANCE)]
-    return (f"best: {best}; within {ASPECT_TOLERANCE:.0%} of it: {', '.join(near)}",
-            'agrees' if len(near) >= 3 else f'disagrees: only {len(near)} shape(s) within {ASPECT_TOLERANCE:.0%}')
+    bad = collapsed_seeds(r)
+    ok = {v: m for v, m in rows.items() if v not in bad}
+    best = min(ok, key=ok.get)
+    near = [v for v in ok if ok[v] <= ok[best] * (1 + ASPECT_TOLERANCE)]
+    found = f"best: {best}; within {ASPECT_TOLERANCE:.0%} of it: {', '.join(near)}"
+    if bad: found += '; collapsed at their tuned LR: ' + ', '.join(f'{v} ({len(s)} of {summarize(r)[v]["seeds"]} seeds)' for v, s in bad.items())
+    verdict = 'agrees' if len(near) >= 3 else f'disagrees: only {len(near)} shape(s) within {ASPECT_TOLERANCE:.0%}'
+    return found, (f'{verdict} where the runs trained; the deeper shapes are unstable at their tuned LR' if bad and verdict == 'agrees' else verdict)
 
 RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdict))
     ('cosine period = the run length', 'Hoffmann et al. 2022', '15_schedules', _schedule_rule),
