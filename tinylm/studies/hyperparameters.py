@@ -11,9 +11,9 @@ from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, co
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
-           'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'HEADS_EXPERIMENT',
-           'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget', 'grid_cells', 'best_per_row',
-           'best_per_row_table', 'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
+           'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'ASPECT_STABLE_EXPERIMENT',
+           'HEADS_EXPERIMENT', 'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget', 'grid_cells',
+           'best_per_row', 'best_per_row_table', 'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -73,6 +73,12 @@ ASPECT_EXPERIMENT = register_experiment(Experiment(
     description='depth against width (d_model / n_layer) at equal non-embedding parameters and tokens, each at its best LR: '
                 'the loss depends only weakly on the shape over a wide range (Kaplan et al. 2020)',
     tune_lr=True, reference='3 layers', notebook='15_hyperparameters'))
+
+ASPECT_STABLE_EXPERIMENT = register_experiment(Experiment(   # after 15_aspect's deep runs collapsed at their tuned LR (notebook 15)
+    '15_aspect_stable', {f'{L} layers': {'preset': f'depth{L}'} for L in (3, 6, 12)},
+    description='depth against width at equal parameters and tokens, every shape at the scale LR, the rate below the one '
+                'that collapsed deep post-norm models in 15_aspect: is the loss still flat at 6 and 12 layers (Kaplan et al. 2020)?',
+    reference='3 layers', notebook='15_hyperparameters'))
 
 HEADS_EXPERIMENT = register_experiment(Experiment(
     '15_heads', {f'{h} heads': {'n_head': h} for h in (1, 2, 4, 8, 16)},
