@@ -41,6 +41,7 @@ def same_state(a, b):
     (gpt2(bias=False), 'GPT-2', 'ModelConfig.bias=False'),
     (gpt2(ffn='swiglu'), 'GPT-2', "ModelConfig.ffn='swiglu'"),
     (gpt2(n_kv_head=2), 'GPT-2', 'ModelConfig.n_kv_head=2 cannot be exported to a Hugging Face GPT-2 model; allowed: None, 4'),
+    (gpt2(d_head=16), 'GPT-2', 'ModelConfig.d_head=16 cannot be exported to a Hugging Face GPT-2 model; allowed: None, 32'),
     (ModelConfig(), 'GPT-2', "ModelConfig.norm_placement='post'"),
 ])
 def test_unrepresentable_configs_are_refused(cfg, target, message):
@@ -81,7 +82,7 @@ def idx():
 
 
 @pytest.mark.parametrize('over', [{}, dict(n_kv_head=1), dict(n_kv_head=4), dict(tie_embeddings=True), dict(ffn='geglu', d_ff=40),
-                                  dict(ffn='reglu', rope_base=500_000.0, norm_eps=1e-6)])
+                                  dict(ffn='reglu', rope_base=500_000.0, norm_eps=1e-6), dict(d_head=16), dict(d_head=4, n_kv_head=2)])
 def test_llama_export_same_logits_and_round_trip(tf, idx, over):
     torch.manual_seed(0)
     model = perturb_(Transformer(modern_recipe(**SIZES, **over))).eval()

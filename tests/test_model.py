@@ -137,3 +137,19 @@ def test_softmax_from_scratch_matches_torch():
     for dim in (-1, 0, 1):
         assert torch.allclose(softmax(x, dim), torch.softmax(x, dim), atol=1e-6)
     assert torch.allclose(softmax(torch.tensor([1e4, 0.0])), torch.tensor([1.0, 0.0]))
+
+
+def test_head_width_apart_from_the_model_width():
+    "d_head sets the per-head width (notebook 15): n_head x d_head inside attention, d_model outside; RoPE, GQA and the cache follow."
+    import tinylm.positions  # noqa: F401  (registers rope)
+    from tinylm.generation import generate
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_kv_head=2, d_model=24, d_head=10, position='rope', dropout=0.0)
+    model = Transformer(cfg).eval()
+    attn = model.blocks[0].attn
+    assert (attn.q_proj.weight.shape, attn.k_proj.weight.shape, attn.o_proj.weight.shape) == ((40, 24), (20, 24), (24, 40))
+    idx = torch.randint(0, 50, (2, 5))
+    assert model(idx).shape == (2, 5, 50)
+    assert torch.equal(generate(model, idx, 6, temperature=0.0), generate(model, idx, 6, temperature=0.0, use_cache=False))
+    with pytest.raises(ValueError, match='d_head=0 must be a positive integer'): ModelConfig(d_head=0)
+    with pytest.raises(ValueError, match='head_dim'): ModelConfig(position='rope', d_head=9)

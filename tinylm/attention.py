@@ -105,8 +105,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, # (B, H, T, hd), (B, H_kv, S, hd), (
 class MultiHeadAttention(nn.Module):
     "Causal multi-head self-attention with separate q/k/v/o projections and named slots for later notebooks."
     def __init__(self, d_model: int, # model width
-                 n_head: int, # query heads; must divide d_model
+                 n_head: int, # query heads; must divide d_model unless head_dim is given
                  *,
+                 head_dim: int | None = None, # per-head width; None = d_model // n_head (notebook 15 sets it apart)
                  n_kv_head: int | None = None, # key/value heads; must divide n_head; None = n_head (notebook 12)
                  bias: bool = True, # biases on the four projections
                  dropout: float = 0.0, # dropout on the attention weights
@@ -118,16 +119,17 @@ class MultiHeadAttention(nn.Module):
                 ):
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
-        if d_model % n_head: raise ValueError(f'n_head={n_head} must divide d_model={d_model}')
+        if head_dim is None and d_model % n_head: raise ValueError(f'n_head={n_head} must divide d_model={d_model} (or give head_dim)')
+        if head_dim is not None and (not isinstance(head_dim, int) or head_dim < 1): raise ValueError(f'head_dim={head_dim!r} must be a positive integer')
         if not isinstance(n_kv_head, int) or n_kv_head < 1 or n_head % n_kv_head:
             raise ValueError(f'n_kv_head={n_kv_head!r} must be a positive integer that divides n_head={n_head}')
         if impl not in ATTENTION_IMPLS: raise ValueError(f"attention impl {impl!r} is not one of {ATTENTION_IMPLS}")
-        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, d_model // n_head
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim or d_model // n_head
         self.dropout, self.impl, self.rotary, self.score_mod = dropout, impl, rotary, score_mod
-        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_head * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
         self.q_norm = q_norm if q_norm is not None else nn.Identity()
         self.k_norm = k_norm if k_norm is not None else nn.Identity()
 
@@ -154,4 +156,4 @@ class MultiHeadAttention(nn.Module):
         if cache is not None: k, v = cache.update(k, v)                                 # (B, n_kv_head, S, hd)
         y = attend(q, k, v, causal=True, key_padding=key_padding,
                    dropout_p=self.dropout if self.training else 0.0, impl=self.impl, score_mod=self.score_mod)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))                          # (B, T, d_model)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))                         # (B, T, n_head * hd) -> (B, T, d_model)

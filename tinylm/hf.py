@@ -35,7 +35,7 @@ _COMMON = dict(norm_placement=('pre',), qk_norm=('none',), attn_softcap=(None,),
 EXPORT_RULES = {  # target -> field -> allowed values (or a function of the config giving them)
     'Llama': dict(_COMMON, norm=('rms',), ffn=tuple(LLAMA_FFNS), position=('rope',), bias=(False,)),
     'GPT-2': dict(_COMMON, norm=('layer',), ffn=tuple(GPT2_FFNS), position=('learned',), bias=(True,),
-                  n_kv_head=lambda cfg: (None, cfg.n_head)),
+                  n_kv_head=lambda cfg: (None, cfg.n_head), d_head=lambda cfg: (None, cfg.d_model // cfg.n_head)),
 }
 
 def check_exportable(cfg: ModelConfig, target: str) -> None:
@@ -77,8 +77,12 @@ def llama_config(cfg: ModelConfig, **config_kwargs) -> 'transformers.LlamaConfig
         tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
         initializer_range=cfg.init_std, bos_token_id=None, eos_token_id=None, pad_token_id=None), **config_kwargs})
 
-LLAMA_IMPORT_RULES = dict(hidden_act=tuple({v: k for k, v in LLAMA_FFNS.items()}), attention_bias=(False,), mlp_bias=(False,),
-                          head_dim=lambda c: (None, c.hidden_size // c.num_attention_heads))
+LLAMA_IMPORT_RULES = dict(hidden_act=tuple({v: k for k, v in LLAMA_FFNS.items()}), attention_bias=(False,), mlp_bias=(False,))
+
+def _d_head(hf_cfg) -> int | None:
+    "A LlamaConfig's head_dim as tinylm's d_head: None when it is hidden_size / num_attention_heads (the default)."
+    hd = getattr(hf_cfg, 'head_dim', None)
+    return None if hd is None or hd * hf_cfg.num_attention_heads == hf_cfg.hidden_size else hd
 
 def config_from_llama(hf_cfg: 'transformers.LlamaConfig', **overrides) -> ModelConfig:
     "The tinylm `ModelConfig` of a Hugging Face Llama config (the `modern` recipe's fields); `overrides` set non-architecture fields."
@@ -92,7 +96,7 @@ def config_from_llama(hf_cfg: 'transformers.LlamaConfig', **overrides) -> ModelC
         norm_placement='pre', norm='rms', ffn=ffn, position='rope', bias=False, dropout=0.0,
         tie_embeddings=bool(hf_cfg.tie_word_embeddings), scale_embeddings=False, norm_eps=hf_cfg.rms_norm_eps,
         init_std=hf_cfg.initializer_range, n_kv_head=hf_cfg.num_key_value_heads or hf_cfg.num_attention_heads,
-        rope_base=theta), **overrides})
+        rope_base=theta, d_head=_d_head(hf_cfg)), **overrides})
     check_exportable(cfg, 'Llama')   # overrides may change training fields, not the architecture
     return cfg
 

@@ -33,7 +33,7 @@ class ModelConfig:
     vocab_size: int = 256          # number of token ids
     block_size: int = 256          # longest context the model is built for
     n_layer: int = 4               # number of blocks
-    n_head: int = 4                # attention heads; must divide d_model
+    n_head: int = 4                # attention heads; must divide d_model unless d_head is set
     d_model: int = 128             # residual stream width
     d_ff: int | None = None        # FFN hidden width; None = the FFN's own default (4 d_model for ReLU)
     norm_placement: str = 'post'   # where the norms sit in a block
@@ -51,6 +51,7 @@ class ModelConfig:
     emb_norm: bool = False         # a norm right after the embedding block (notebook 11)
     rope_base: float = 10_000.0    # base of the rotary frequencies (notebook 11)
     n_kv_head: int | None = None   # key/value heads: None = n_head (multi-head); fewer = grouped-query (notebook 12)
+    d_head: int | None = None      # per-head width: None = d_model / n_head; set, n_head x d_head need not be d_model (notebook 15)
     qk_norm: str = 'none'          # 'none' or a norm (a NORMS name) of each head's queries and keys (notebook 13)
     attn_softcap: float | None = None   # tanh soft-cap on attention scores (notebook 13)
     logit_softcap: float | None = None  # tanh soft-cap on output logits (notebook 13)
@@ -67,7 +68,7 @@ class ModelConfig:
         return MODEL_PRESETS[name](**overrides)
     def replace(self, **changes) -> ModelConfig: return dataclasses.replace(self, **changes)
     @property
-    def head_dim(self) -> int: return self.d_model // self.n_head
+    def head_dim(self) -> int: return self.d_head if self.d_head is not None else self.d_model // self.n_head
     @property
     def kv_heads(self) -> int: return self.n_kv_head if self.n_kv_head is not None else self.n_head
     @property
@@ -95,8 +96,9 @@ def validate(cfg: ModelConfig) -> None:
     check_field_types(cfg)
     for name in ('vocab_size', 'block_size', 'n_layer', 'n_head', 'd_model'): _positive_int(cfg, name)
     if cfg.d_ff is not None: _positive_int(cfg, 'd_ff')
-    if cfg.d_model % cfg.n_head:
-        raise ValueError(f'ModelConfig.n_head={cfg.n_head} must divide d_model={cfg.d_model}')
+    if cfg.d_head is not None: _positive_int(cfg, 'd_head')
+    elif cfg.d_model % cfg.n_head:
+        raise ValueError(f'ModelConfig.n_head={cfg.n_head} must divide d_model={cfg.d_model} (or set d_head)')
     if cfg.n_kv_head is not None:
         _positive_int(cfg, 'n_kv_head')
         if cfg.n_head % cfg.n_kv_head:
@@ -203,7 +205,7 @@ def make_attention(cfg: ModelConfig, rotary: nn.Module | None = None) -> MultiHe
     norm = (lambda: NORMS[cfg.qk_norm](cfg, cfg.head_dim)) if cfg.qk_norm != 'none' else (lambda: None)
     mods = active_features(cfg, 'scores')
     score_mod = (lambda s: _apply(mods, s)) if mods else None
-    return MultiHeadAttention(cfg.d_model, cfg.n_head, n_kv_head=cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout,
+    return MultiHeadAttention(cfg.d_model, cfg.n_head, head_dim=cfg.head_dim, n_kv_head=cfg.kv_heads, bias=cfg.bias, dropout=cfg.dropout,
                               impl=cfg.attn_impl, rotary=rotary, q_norm=norm(), k_norm=norm(), score_mod=score_mod)
 
 def _apply(mods: list[tuple[Callable, float]], x: Tensor) -> Tensor:
