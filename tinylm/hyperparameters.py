@@ -9,11 +9,11 @@ from typing import Callable
 
 from .training import SCHEDULES, TrainConfig, warmup_multiplier
 from .model import MODEL_PRESETS, ModelConfig
-from .modern import param_counts
+from .modern import ffn_width_to_match, param_counts
 
 # %% auto #0
-__all__ = ['COSINE_PERIODS', 'WSD_COOLDOWN', 'FFN_RATIOS', 'DEPTHS', 'cosine_with_period', 'wsd_schedule', 'width_to_match',
-           'shape_matched']
+__all__ = ['COSINE_PERIODS', 'WSD_COOLDOWN', 'FFN_RATIOS', 'DEPTHS', 'HEAD_RATIOS', 'cosine_with_period', 'wsd_schedule',
+           'width_to_match', 'shape_matched', 'head_ratio_matched']
 
 # %% ../nbs/15_hyperparameters.ipynb #92eafbbb
 def cosine_with_period(factor: float # the cosine's period as a multiple of the run after warmup: 1 = notebook 05's cosine
@@ -74,6 +74,22 @@ def shape_matched(reference: str = 'baseline_2017', # the preset whose parameter
 
 FFN_RATIOS = {'relu': (1, 2, 4, 8), 'swiglu': (1, 2, 8 / 3, 4)}   # the rules: 4 (plain), 8/3 (gated)
 DEPTHS = (1, 2, 3, 6, 12)
+HEAD_RATIOS = (0.5, 1.0, 2.0)   # n_head x d_head / d_model; 1 is the rule
+
+def head_ratio_matched(ratio: float, # n_head x d_head as a multiple of d_model
+                       reference: str = 'baseline_2017') -> Callable[..., ModelConfig]:
+    "A preset: `reference` with d_head = ratio x d_model / n_head, and d_ff solved so the non-embedding parameters match (ratio 1 is `reference` itself)."
+    def shaped(**overrides) -> ModelConfig:
+        ref = MODEL_PRESETS[reference](**overrides)
+        if ratio == 1: return ref
+        d_head = round(ratio * ref.d_model / ref.n_head)
+        if d_head < 1 or d_head * ref.n_head * 4 >= param_counts(ref)['non_embedding'] / ref.n_layer:
+            raise ValueError(f'head ratio {ratio:g} leaves no room for an FFN at equal parameters (d_model={ref.d_model}, n_head={ref.n_head})')
+        cfg = ref.replace(d_head=d_head)
+        return cfg.replace(d_ff=ffn_width_to_match(cfg, ref))
+    shaped.__doc__ = f'`{reference}` with n_head x d_head = {ratio:g} d_model, d_ff chosen to match its non-embedding parameters.'
+    return shaped
 for _ffn, _ratios in FFN_RATIOS.items():
     for _r in _ratios: MODEL_PRESETS.register(f'{_ffn}_ff{_r:.3g}')(shape_matched(d_ff_ratio=_r, ffn=_ffn))
 for _L in DEPTHS: MODEL_PRESETS.register(f'depth{_L}')(shape_matched(n_layer=_L))
+for _r in HEAD_RATIOS: MODEL_PRESETS.register(f'heads_x{_r:g}')(head_ratio_matched(_r))

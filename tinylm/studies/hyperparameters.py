@@ -5,15 +5,16 @@
 # %% ../../nbs/studies/15_hyperparameters.ipynb #513b29e9
 from __future__ import annotations
 
-from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS
+from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS, HEAD_RATIOS
 from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, combine, compared_runs, config_value, grid,
                                 paired_difference, plot_title, register_experiment, summarize)
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
            'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'ASPECT_STABLE_EXPERIMENT',
-           'HEADS_EXPERIMENT', 'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget', 'grid_cells',
-           'best_per_row', 'best_per_row_table', 'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
+           'HEADS_EXPERIMENT', 'HEAD_DIM_EXPERIMENT', 'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget',
+           'head_ratio_variant', 'grid_cells', 'best_per_row', 'best_per_row_table', 'plot_against_product',
+           'plot_shape', 'collapsed_seeds', 'rules_table']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -85,6 +86,13 @@ HEADS_EXPERIMENT = register_experiment(Experiment(
     description='the number of heads at a fixed width (head_dim = d_model / n_head from 64 to 4 at cpu scale), equal parameters '
                 'and tokens, each at its best LR: several heads beat one, and very narrow heads cost (Vaswani et al. 2017, table 3)',
     tune_lr=True, reference='4 heads', notebook='15_hyperparameters'))
+
+def head_ratio_variant(r: float) -> str: return f'n_head x d_head = {r:g} d_model'
+HEAD_DIM_EXPERIMENT = register_experiment(Experiment(
+    '15_head_dim', {head_ratio_variant(r): {'preset': f'heads_x{r:g}'} for r in HEAD_RATIOS},
+    description='the attention width n_head x d_head against d_model (0.5, 1, 2) at equal non-embedding parameters (d_ff solved) '
+                'and tokens, each at its best LR: the usual n_head x d_head = d_model is a convention, not an optimum (CS336 lecture 3)',
+    tune_lr=True, reference=head_ratio_variant(1), notebook='15_hyperparameters'))
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #0f4e4af0
 def grid_cells(result: dict, row: str, col: str) -> dict[tuple, str]:
@@ -234,6 +242,8 @@ RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdi
      lambda r: _none_better(r, 'swiglu d_ff=2.67d', [v for v in r['variants'] if v.startswith('swiglu')])),
     ('the loss depends weakly on depth vs width', 'Kaplan et al. 2020', '15_aspect', _aspect_rule),
     ('several heads beat one; very narrow heads cost', 'Vaswani et al. 2017, table 3', '15_heads', _heads_rule),
+    ('n_head x d_head = d_model', 'Vaswani et al. 2017; CS336 lecture 3', '15_head_dim',
+     lambda r: _none_better(r, head_ratio_variant(1))),
 )
 
 def rules_table(scale: str = 'best', results=None) -> str:
