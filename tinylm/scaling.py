@@ -9,8 +9,8 @@ import math
 import numpy as np
 import torch
 
-from .core import flops_per_token
-from .experiments import axes_or_new, plot_title, t_quantile
+from .core import flops_per_token, git_commit
+from .experiments import axes_or_new, plot_title, save_result, t_quantile
 
 # %% auto #0
 __all__ = ['CHINCHILLA_GRID', 'power_law', 'fit_parabola', 'isoflop_optima', 'fit_isoflop', 'fit_scaling_law', 'law_loss',
@@ -236,6 +236,4 @@ def predict_run(law: dict, # fit_scaling_law's result
 
 def save_prediction(prediction: dict, path, fitted_on: str) -> None:
     "Write `prediction` as a result file (experiment '<name>_prediction'), with the commit of the code and the experiment it was fitted on."
-    from tinylm.experiments import save_result
-    from tinylm.core import git_commit
     save_result(dict(prediction, experiment=f'{fitted_on}_prediction', fitted_on=fitted_on, commit=git_commit()), path)

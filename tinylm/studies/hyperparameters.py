@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS, HEAD_RATIOS
 from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, combine, compared_runs, config_value, grid,
-                                paired_difference, plot_title, register_experiment, summarize)
+                                is_current, load_result, paired_difference, plot_title, register_experiment, summarize)
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
@@ -248,7 +248,6 @@ RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdi
 
 def rules_table(scale: str = 'best', results=None) -> str:
     "The markdown table of `RULES`: per rule its source, experiment, what was measured and the verdict (or why there is none yet)."
-    from tinylm.experiments import is_current, load_result
     lines = ['| rule | source | experiment | measured at this scale | verdict |', '|---|---|---|---|---|']
     for rule, source, name, fn in RULES:
         res = load_result(name, scale, results)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ..core import Registry
-from ..experiments import BUDGETS, EXPERIMENT_BASE, SCALES, Experiment, RunSpec, register_experiment, run_flops_per_token
+from ..experiments import BUDGETS, EXPERIMENT_BASE, SCALES, Experiment, RunSpec, load_result, register_experiment, run_flops_per_token
 from ..model import MODEL_PRESETS, model_flops_per_token
 from ..scaling import fit_isoflop, isoflop_points
 
@@ -49,7 +49,6 @@ def isoflop_headline(result: dict) -> list[str]:
 
 def predict_headline(result: dict) -> list[str]:
     "The held-out run's measured loss against the committed prediction (the `16_isoflop_prediction` result file)."
-    from tinylm.experiments import load_result
     (h,) = isoflop_points(result)
     pred = load_result('16_isoflop_prediction', result['scale'])
     if pred is None: return [f"measured {h['loss']:.3f}; no committed prediction to compare with"]
