@@ -284,3 +284,13 @@ def test_every_committed_result_file_reads():
     for p in sorted((Path(__file__).resolve().parent.parent / 'nbs' / 'results').glob('*-*.json')):
         if not p.name.startswith(('02_', 'main_job')):   # the tokenizer table and a `tinylm train` summary are not result files
             assert isinstance(load_result(p.stem.rsplit("-", 1)[0], "cpu", p.parent), dict)
+
+
+def test_a_run_from_a_newer_version_is_not_reused_and_does_not_crash(tmp_path):
+    "run_index skips a run whose config this version cannot read (an unknown field), instead of failing the whole experiment."
+    from tinylm.experiments import run_index
+    good = dict(status='ok', fingerprint=dict(model=dict(d_model=32), train=dict(lr=1e-3), harness=2))
+    newer = dict(status='ok', fingerprint=dict(model=dict(d_model=32, d_future=4), train=dict(lr=1e-3), harness=2))
+    (tmp_path / 'x-cpu.json').write_text(json.dumps(dict(experiment='x', runs={'a/seed=1': good, 'b/seed=1': newer})))
+    index = run_index(tmp_path, 'cpu')
+    assert len(index) == 1 and next(iter(index.values()))[1] is not newer

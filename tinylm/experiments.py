@@ -353,7 +353,9 @@ def run_index(results: str | Path | None, scale: str, skip: str | None = None) -
         if not isinstance(res, dict) or res.get('experiment') in (None, skip) or not isinstance(res.get('runs'), dict): continue
         for run in res['runs'].values():
             if isinstance(run, dict) and run.get('status') == 'ok' and 'fingerprint' in run:
-                out.setdefault(_fp_key(run['fingerprint']), (res['experiment'], run))
+                try: key = _fp_key(run['fingerprint'])
+                except (ValueError, TypeError, KeyError): continue   # a run this version cannot read (a newer config field): not reusable
+                out.setdefault(key, (res['experiment'], run))
     return out
 
 def run_experiment(exp: Experiment, scale: str = 'tiny', *,

@@ -13,8 +13,8 @@ from .core import flops_per_token, git_commit
 from .experiments import axes_or_new, plot_title, save_result, t_quantile
 
 # %% auto #0
-__all__ = ['CHINCHILLA_GRID', 'power_law', 'fit_parabola', 'isoflop_optima', 'fit_isoflop', 'fit_scaling_law', 'law_loss',
-           'law_optimum', 'plot_isoflop', 'plot_optima', 'plot_frontier', 'isoflop_points', 'past_optimum',
+__all__ = ['CHINCHILLA_GRID', 'power_law', 'fit_parabola', 'around_minimum', 'isoflop_optima', 'fit_isoflop', 'fit_scaling_law',
+           'law_loss', 'law_optimum', 'plot_isoflop', 'plot_optima', 'plot_frontier', 'isoflop_points', 'past_optimum',
            'predict_run', 'save_prediction']
 
 # %% ../nbs/16_scaling_laws.ipynb #63567256
@@ -45,26 +45,41 @@ def _profiles(points: list[dict]) -> dict:
     for p in points: groups.setdefault(p['budget'], []).append(p)
     return groups
 
+def around_minimum(points: list[dict], window: int | None) -> list[dict]:
+    "Per budget, its lowest-loss run and up to `window` sizes on each side of it (all runs for `window=None`)."
+    if window is None: return list(points)
+    if not (isinstance(window, int) and window >= 1): raise ValueError(f'window={window!r} must be a positive integer or None')
+    out = []
+    for ps in _profiles(points).values():
+        ps = sorted(ps, key=lambda p: p['N'])
+        i = min(range(len(ps)), key=lambda j: ps[j]['loss'])
+        out += ps[max(0, i - window): i + window + 1]
+    return out
+
 def isoflop_optima(points: list[dict]) -> list[dict]:
     "Per budget (sorted by compute): its mean C, and the vertices of the loss parabolas in log N and log D."
     out = []
     for b, ps in _profiles(points).items():
         fn, fd = fit_parabola([p['N'] for p in ps], [p['loss'] for p in ps]), fit_parabola([p['D'] for p in ps], [p['loss'] for p in ps])
         out.append(dict(budget=b, C=float(np.mean([p['C'] for p in ps])), n_runs=len(ps), N_opt=fn['n_opt'], D_opt=fd['n_opt'],
-                        loss_opt=fn['loss_opt'], inside=fn['inside'] and fd['inside'], fit_N=fn, fit_D=fd))
+                        loss_opt=fn['loss_opt'], inside=fn['inside'] and fd['inside'], fit_N=fn, fit_D=fd,
+                        N_range=(min(p['N'] for p in ps), max(p['N'] for p in ps))))
     return sorted(out, key=lambda o: o['C'])
 
 def fit_isoflop(points: list[dict], # runs: dicts with budget (a label), C, N, D, loss
                 n_boot: int = 1000, # bootstrap draws (0: none)
-                seed: int = 0) -> dict:
+                seed: int = 0,
+                window: int | None = None, # fit each parabola to the best run and this many sizes either side (None: every run)
+               ) -> dict:
     "Chinchilla's approach 2: per-budget optima, N_opt ~ C^a and D_opt ~ C^b with t- and bootstrap 95% intervals, and tokens per parameter at each optimum."
+    points = around_minimum(points, window)
     optima = isoflop_optima(points)
     bad = [o['budget'] for o in optima if o['N_opt'] is None or o['D_opt'] is None]
     if bad: raise ValueError(f'no minimum in the IsoFLOP profile of budget(s) {bad}: the sizes run do not bracket the optimum')
     if len(optima) < 2: raise ValueError(f'fit_isoflop needs two or more budgets, got {len(optima)}')
     C = [o['C'] for o in optima]
     out = dict(optima=optima, N=power_law(C, [o['N_opt'] for o in optima]), D=power_law(C, [o['D_opt'] for o in optima]),
-               tokens_per_param=[o['D_opt'] / o['N_opt'] for o in optima])
+               tokens_per_param=[o['D_opt'] / o['N_opt'] for o in optima], window=window, n_used=len(points))
     rng, draws = np.random.default_rng(seed), []
     groups = _profiles(points)
     for _ in range(n_boot):
@@ -153,14 +168,17 @@ def law_optimum(fit: dict, C):
 
 # %% ../nbs/16_scaling_laws.ipynb #7ebb6814
 def plot_isoflop(points: list[dict], fit: dict | None = None, ax=None, title: str = 'IsoFLOP profiles'):
-    "Loss against N per budget (log x), with each budget's parabola and its vertex."
+    "Loss against N per budget (log x), with each budget's parabola and its vertex; runs outside the fitted window hollow."
     ax = axes_or_new(ax)
     fit = fit or dict(optima=isoflop_optima(points))
     groups = _profiles(points)
     for o in fit['optima']:
         ps = sorted(groups[o['budget']], key=lambda p: p['N'])
-        line, = ax.plot([p['N'] for p in ps], [p['loss'] for p in ps], 'o', ms=4, label=f"C = {o['C']:.2g}")
-        xs = np.linspace(math.log(ps[0]['N']), math.log(ps[-1]['N']), 50)
+        lo, hi = o.get('N_range', (ps[0]['N'], ps[-1]['N']))
+        used = [p for p in ps if lo <= p['N'] <= hi]
+        line, = ax.plot([p['N'] for p in used], [p['loss'] for p in used], 'o', ms=4, label=f"C = {o['C']:.2g}")
+        ax.plot([p['N'] for p in ps if p not in used], [p['loss'] for p in ps if p not in used], 'o', ms=4, mfc='none', color=line.get_color())
+        xs = np.linspace(math.log(lo), math.log(hi), 50)
         ax.plot(np.exp(xs), np.polyval(o['fit_N']['coef'], xs), '-', color=line.get_color(), lw=1)
         if o['N_opt']: ax.plot([o['N_opt']], [o['loss_opt']], '*', color=line.get_color(), ms=10)
     ax.set_xscale('log'); ax.set_xlabel('non-embedding parameters N'); ax.set_ylabel('final val loss (nats/token)')

@@ -11,9 +11,9 @@ from ..model import MODEL_PRESETS, model_flops_per_token
 from ..scaling import fit_isoflop, isoflop_points
 
 # %% auto #0
-__all__ = ['COMPUTE', 'WIDTH_FACTORS', 'ISOFLOP_BUDGETS', 'PREDICT_BUDGET', 'ISOFLOP_EXPERIMENT', 'PREDICT_FACTOR',
-           'PREDICT_EXPERIMENT', 'scale_compute', 'compute_budget', 'isoflop_headline', 'predict_headline',
-           'scaled_width', 'isoflop_variant']
+__all__ = ['COMPUTE', 'ISOFLOP_WINDOW', 'WIDTH_FACTORS', 'ISOFLOP_BUDGETS', 'PREDICT_BUDGET', 'ISOFLOP_EXPERIMENT',
+           'PREDICT_FACTOR', 'PREDICT_EXPERIMENT', 'scale_compute', 'compute_budget', 'isoflop_headline',
+           'predict_headline', 'scaled_width', 'isoflop_variant']
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #7d27af53
 COMPUTE = Registry('compute multiples')   # experiment name -> {variant: multiple of the scale's compute}
@@ -39,9 +39,11 @@ def compute_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> l
     return specs
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #c56ccf09
+ISOFLOP_WINDOW = 2   # the parabola of a budget is fitted to its best run and 2 sizes either side (notebook 16 says why)
+
 def isoflop_headline(result: dict) -> list[str]:
     "The IsoFLOP fit of a result: N_opt and D_opt exponents with their t-intervals, and tokens per parameter at each budget's optimum."
-    try: iso = fit_isoflop(isoflop_points(result), n_boot=0)
+    try: iso = fit_isoflop(isoflop_points(result), n_boot=0, window=ISOFLOP_WINDOW)
     except ValueError as e: return [f'no IsoFLOP fit: {e}']
     ci = lambda f: f" [{f['lo']:.2f}, {f['hi']:.2f}]" if f['lo'] is not None else ''
     return [f"N_opt ~ C^{iso['N']['a']:.2f}{ci(iso['N'])}, D_opt ~ C^{iso['D']['a']:.2f}{ci(iso['D'])} ({len(iso['optima'])} budgets; Chinchilla: 0.5, 0.5)",
