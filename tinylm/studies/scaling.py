@@ -82,7 +82,7 @@ ISOFLOP_EXPERIMENT = register_experiment(Experiment(
 COMPUTE['16_isoflop'] = {isoflop_variant(c, f): c for c in ISOFLOP_BUDGETS for f in WIDTH_FACTORS}
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #a23ce2f1
-PREDICT_FACTOR = 1.0   # the ladder width nearest N_opt at PREDICT_BUDGET by the fit of 16_isoflop (notebook 16)
+PREDICT_FACTOR = 0.75  # the ladder width nearest N_opt at PREDICT_BUDGET by the fit of 16_isoflop (notebook 16): 48 at cpu
 PREDICT_EXPERIMENT = register_experiment(Experiment(
     '16_predict', {isoflop_variant(PREDICT_BUDGET, PREDICT_FACTOR): {'preset': f'width_x{PREDICT_FACTOR:g}'}},
     description='predictable scaling: the loss of a run at 4x the largest fitted budget, predicted by the laws fitted on '
