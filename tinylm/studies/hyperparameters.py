@@ -225,9 +225,9 @@ def _aspect_rule(r):
     best = min(ok, key=ok.get)
     near = [v for v in ok if ok[v] <= ok[best] * (1 + ASPECT_TOLERANCE)]
     found = f"best: {best}; within {ASPECT_TOLERANCE:.0%} of it: {', '.join(near)}"
-    if bad: found += '; collapsed at their tuned LR: ' + ', '.join(f'{v} ({len(s)} of {summarize(r)[v]["seeds"]} seeds)' for v, s in bad.items())
+    if bad: found += '; collapsed (a seed far above the best mean): ' + ', '.join(f'{v} ({len(s)} of {summarize(r)[v]["seeds"]} seeds)' for v, s in bad.items())
     verdict = 'agrees' if len(near) >= 3 else f'disagrees: only {len(near)} shape(s) within {ASPECT_TOLERANCE:.0%}'
-    return found, (f'{verdict} where the runs trained; the deeper shapes are unstable at their tuned LR' if bad and verdict == 'agrees' else verdict)
+    return found, (f'{verdict} where the runs trained; {", ".join(bad)} collapsed at their LR' if bad and verdict == 'agrees' else verdict)
 
 RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdict))
     ('cosine period = the run length', 'Hoffmann et al. 2022', '15_schedules', _schedule_rule),
@@ -241,6 +241,7 @@ RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdi
     ('d_ff = 8/3 d_model (gated FFN)', 'Shazeer 2020', '15_ffn_ratio',
      lambda r: _none_better(r, 'swiglu d_ff=2.67d', [v for v in r['variants'] if v.startswith('swiglu')])),
     ('the loss depends weakly on depth vs width', 'Kaplan et al. 2020', '15_aspect', _aspect_rule),
+    ('... and at 6 and 12 layers, at the scale LR', 'Kaplan et al. 2020', '15_aspect_stable', _aspect_rule),
     ('several heads beat one; very narrow heads cost', 'Vaswani et al. 2017, table 3', '15_heads', _heads_rule),
     ('n_head x d_head = d_model', 'Vaswani et al. 2017; CS336 lecture 3', '15_head_dim',
      lambda r: _none_better(r, head_ratio_variant(1))),
