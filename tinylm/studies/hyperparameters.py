@@ -247,6 +247,10 @@ RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdi
      lambda r: _none_better(r, head_ratio_variant(1))),
 )
 
+# the grid experiments have no claims table: their course-table line is their rule's finding
+WEIGHT_DECAY_EXPERIMENT.headline = lambda r: ['{}: {}'.format(*_decay_rule(r))]
+WARMUP_EXPERIMENT.headline = lambda r: ['{}: {}'.format(*_warmup_rule(r))]
+
 def rules_table(scale: str = 'best', results=None) -> str:
     "The markdown table of `RULES`: per rule its source, experiment, what was measured and the verdict (or why there is none yet)."
     lines = ['| rule | source | experiment | measured at this scale | verdict |', '|---|---|---|---|---|']
