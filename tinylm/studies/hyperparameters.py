@@ -201,9 +201,12 @@ def _warmup_rule(r):
             'agrees' if d2['verdict'] == 'worse' and d1['verdict'] != 'worse' else 'disagrees')
 
 def _heads_rule(r):
-    one, many = paired_difference(r, '1 heads', '4 heads'), paired_difference(r, '16 heads', '4 heads')
-    return (f"best: {_best(r)}; 1 head vs 4: {one['mean']:+.4f} ({one['verdict']}); 16 heads vs 4: {many['mean']:+.4f} ({many['verdict']})",
-            'agrees' if one['verdict'] == 'worse' and many['verdict'] == 'worse' else 'partly' if 'worse' in (one['verdict'], many['verdict']) else 'disagrees')
+    one, two, many = (paired_difference(r, f'{h} heads', '4 heads') for h in (1, 2, 16))
+    few_cost = 'worse' in (one['verdict'], two['verdict'])
+    return (f"best: {_best(r)}; 1 and 2 heads vs 4: {one['mean']:+.4f} ({one['verdict']}), {two['mean']:+.4f} ({two['verdict']}); "
+            f"16 heads vs 4: {many['mean']:+.4f} ({many['verdict']})",
+            'agrees' if few_cost and many['verdict'] == 'worse' else
+            f"partly: fewer heads cost, 16 narrow heads are {many['verdict']}" if few_cost else 'disagrees')
 
 ASPECT_TOLERANCE = 0.03   # Kaplan et al.: the loss varies by "a few percent" over a wide range of shapes
 
@@ -226,7 +229,7 @@ def _aspect_rule(r):
     near = [v for v in ok if ok[v] <= ok[best] * (1 + ASPECT_TOLERANCE)]
     found = f"best: {best}; within {ASPECT_TOLERANCE:.0%} of it: {', '.join(near)}"
     if bad: found += '; collapsed (a seed far above the best mean): ' + ', '.join(f'{v} ({len(s)} of {summarize(r)[v]["seeds"]} seeds)' for v, s in bad.items())
-    verdict = 'agrees' if len(near) >= 3 else f'disagrees: only {len(near)} shape(s) within {ASPECT_TOLERANCE:.0%}'
+    verdict = 'agrees' if len(near) == len(ok) >= 2 else f"disagrees: {', '.join(v for v in ok if v not in near)} beyond {ASPECT_TOLERANCE:.0%} of the best"
     return found, (f'{verdict} where the runs trained; {", ".join(bad)} collapsed at their LR' if bad and verdict == 'agrees' else verdict)
 
 RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdict))
