@@ -294,3 +294,18 @@ def test_a_run_from_a_newer_version_is_not_reused_and_does_not_crash(tmp_path):
     (tmp_path / 'x-cpu.json').write_text(json.dumps(dict(experiment='x', runs={'a/seed=1': good, 'b/seed=1': newer})))
     index = run_index(tmp_path, 'cpu')
     assert len(index) == 1 and next(iter(index.values()))[1] is not newer
+
+
+def test_a_stored_run_missing_a_newer_train_field_is_still_done(keep_scale):
+    "is_done reads a stored train config through today's TrainConfig: a field added since takes its default, so old result files stay valid."
+    from tinylm.experiments import fingerprint, is_done
+    exp = Experiment('x', {'a': {}})
+    (spec,) = plan(exp, 'tiny', 65)
+    fp = fingerprint(spec, 'tokens')
+    older = dict(fp, train={k: v for k, v in fp['train'].items() if k != 'max_seconds'})   # as if max_seconds were newer
+    run = dict(status='ok', fingerprint=older)
+    assert is_done(dict(runs={spec.key: run}), spec, 'tokens')
+    changed = dict(fp, train=dict(fp['train'], lr=fp['train']['lr'] * 2))
+    assert not is_done(dict(runs={spec.key: dict(run, fingerprint=changed)}), spec, 'tokens')
+    unreadable = dict(fp, train=dict(fp['train'], from_the_future=1))
+    assert not is_done(dict(runs={spec.key: dict(run, fingerprint=unreadable)}), spec, 'tokens')

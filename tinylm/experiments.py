@@ -261,17 +261,25 @@ def save_result(result: dict, path: str | Path) -> Path:
 # %% ../nbs/06_experiments.ipynb #eccd7082
 HARNESS_VERSION = 2  # bumped when what a run measures changes (2: fixed eval windows, whole-split final loss)
 
+def _left_out(budget: str) -> tuple[str, ...]:
+    "TrainConfig fields a fingerprint leaves out: how a run is shown and where, and under a 'seconds' budget its step count."
+    return ('progress', 'device') + (('max_steps', 'max_seconds') if budget == 'seconds' else ())
+
 def fingerprint(spec: RunSpec, budget: str) -> dict:
     "The configs that identify a run, and the harness version (the step count is left out under a 'seconds' budget)."
     train = spec.train.to_dict()
-    for k in ('progress', 'device') + (('max_steps', 'max_seconds') if budget == 'seconds' else ()): train.pop(k)
+    for k in _left_out(budget): train.pop(k)
     return dict(model=spec.model.to_dict(), train=train, harness=HARNESS_VERSION)
 
 def is_done(result: dict, spec: RunSpec, budget: str) -> bool:
     "Whether `result` already holds a finished run (ok or diverged) made exactly as `spec` asks, by this harness."
     run = result.get('runs', {}).get(spec.key)
     if not run or run['status'] not in ('ok', 'diverged'): return False
-    stored = dict(run['fingerprint'], model=ModelConfig.from_dict(run['fingerprint']['model']).to_dict())  # older files too
+    fp = run['fingerprint']
+    try:   # stored configs read through today's classes: a field added since takes its default (older files stay valid)
+        train = {k: v for k, v in TrainConfig.from_dict(fp['train']).to_dict().items() if k not in _left_out(budget)}
+        stored = dict(fp, model=ModelConfig.from_dict(fp['model']).to_dict(), train=train)
+    except (ValueError, TypeError, KeyError): return False   # a run this version cannot read is not this run
     return stored == fingerprint(spec, budget)
 
 # %% ../nbs/06_experiments.ipynb #0aeea75e
