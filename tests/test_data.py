@@ -223,6 +223,17 @@ def test_get_batch_determinism(tmp_path):
     g1.set_state(state);    b, _ = ds.get_batch('train', 8, 32, generator=g1)
     assert torch.equal(a, b)                            # resuming from a saved generator state
 
+def test_get_batch_limit_repeats_the_first_tokens(tmp_path):
+    "limit= draws every window from the first `limit` tokens of the split (the data of a many-epoch run)."
+    ds = TokenDataset.build(TEXT, ByteEncoder(), tmp_path/'ds')
+    head = ds.tokens('train')[:40].tolist()
+    x, y = ds.get_batch('train', 64, 8, generator=torch.Generator().manual_seed(0), limit=40)
+    for row_x, row_y in zip(x.tolist(), y.tolist()):
+        i = next(i for i in range(40 - 8) if head[i:i + 8] == row_x)
+        assert head[i + 1:i + 9] == row_y
+    with pytest.raises(ValueError, match='limit must be a positive integer or None'): ds.get_batch('train', 2, 2, limit=0)
+    with pytest.raises(ValueError, match="too few for block_size=8"): ds.get_batch('train', 2, 8, limit=8)
+
 def test_get_batch_errors(tmp_path):
     ds = TokenDataset.build('short\ntext\n', ByteEncoder(), tmp_path/'ds', val_fraction=0.4)
     n = ds.n_tokens('val')

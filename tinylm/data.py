@@ -313,9 +313,13 @@ class TokenDataset:
                   block_size: int, # T: tokens per window
                   *, generator: torch.Generator | None = None, # seeded, it fixes the data order
                   device: str | torch.device = 'cpu', # where the batch goes
+                  limit: int | None = None, # draw windows from the split's first `limit` tokens only (data that repeats)
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        "`batch_size` random windows of `split`: inputs x and targets y = x shifted by one token, int64 (B, T)."
+        "`batch_size` random windows of `split` (or of its first `limit` tokens): inputs x and targets y = x shifted by one token, int64 (B, T)."
         data = self._data[_check_split(split)]
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1: raise ValueError(f'limit must be a positive integer or None, got {limit!r}')
+            data = data[:limit]
         for k, v in (('batch_size', batch_size), ('block_size', block_size)):
             if not isinstance(v, int) or v < 1: raise ValueError(f'{k} must be a positive integer, got {v!r}')
         if len(data) < block_size + 1:

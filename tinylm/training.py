@@ -97,6 +97,7 @@ class TrainConfig:
     dtype: str = 'auto'            # 'auto' (bf16 on CUDA, else float32), 'float32' or 'bfloat16'
     compile: bool = False          # torch.compile the model
     max_seconds: float | None = None  # also stop after this many seconds of training
+    train_tokens: int | None = None  # train on the first this many tokens of the train split only (repeated data, notebook 15)
     progress: bool = True          # show a progress bar
 
     def __post_init__(self): validate_train(self)
@@ -119,6 +120,8 @@ def validate_train(cfg: TrainConfig) -> None:
     if not 0 < cfg.lr <= 1e6: bad('lr', 'must be in (0, 1e6]: AdamW moves every weight by about lr per step, and larger rates overflow float32')
     if not 0 <= cfg.min_lr_ratio <= 1: bad('min_lr_ratio', 'must be in [0, 1]')
     if cfg.weight_decay < 0: bad('weight_decay', 'must be >= 0')
+    if cfg.train_tokens is not None and (not isinstance(cfg.train_tokens, int) or isinstance(cfg.train_tokens, bool) or cfg.train_tokens < 1):
+        bad('train_tokens', 'must be a positive integer or None')
     for n in ('beta1', 'beta2'):
         if not 0 <= getattr(cfg, n) < 1: bad(n, 'must be in [0, 1)')
     if not cfg.eps > 0: bad('eps', 'must be > 0')
@@ -412,7 +415,8 @@ class Trainer:
         for g in self.opt.param_groups: g['lr'] = lr
         loss_sum = torch.zeros((), device=self.device)
         for _ in range(self.cfg.grad_accum):
-            x, y = self.data.get_batch('train', self.cfg.batch_size, self.block_size, generator=self.data_gen, device=self.device)
+            x, y = self.data.get_batch('train', self.cfg.batch_size, self.block_size, generator=self.data_gen, device=self.device,
+                                       **({'limit': self.cfg.train_tokens} if self.cfg.train_tokens is not None else {}))
             with autocast(self.device, self.dtype): _, loss = self.fwd(x, y)
             (loss / self.cfg.grad_accum).backward()   # the accumulated gradient is the mean over the whole batch
             loss_sum += loss.detach()                 # stays on the device: no sync until the next log line

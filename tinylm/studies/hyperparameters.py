@@ -12,9 +12,9 @@ from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, co
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
            'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'ASPECT_STABLE_EXPERIMENT',
-           'HEADS_EXPERIMENT', 'HEAD_DIM_EXPERIMENT', 'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget',
-           'head_ratio_variant', 'grid_cells', 'best_per_row', 'best_per_row_table', 'plot_against_product',
-           'plot_shape', 'collapsed_seeds', 'rules_table']
+           'HEADS_EXPERIMENT', 'HEAD_DIM_EXPERIMENT', 'REPEATED_TOKENS', 'DROPOUT_EXPERIMENT', 'ASPECT_TOLERANCE',
+           'COLLAPSED', 'RULES', 'equal_tokens_budget', 'head_ratio_variant', 'grid_cells', 'best_per_row',
+           'best_per_row_table', 'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -93,6 +93,16 @@ HEAD_DIM_EXPERIMENT = register_experiment(Experiment(
     description='the attention width n_head x d_head against d_model (0.5, 1, 2) at equal non-embedding parameters (d_ff solved) '
                 'and tokens, each at its best LR: the usual n_head x d_head = d_model is a convention, not an optimum (CS336 lecture 3)',
     tune_lr=True, reference=head_ratio_variant(1), notebook='15_hyperparameters'))
+
+REPEATED_TOKENS = 100_000   # the repeated-data runs train on the first 100k tokens of the split: 16 epochs of a cpu run's 1.6M
+DROPOUT_EXPERIMENT = register_experiment(Experiment(
+    '15_dropout', {'dropout 0': {}, 'dropout 0.1': {'dropout': 0.1},
+                   'dropout 0 | repeated data': {'train_tokens': REPEATED_TOKENS},
+                   'dropout 0.1 | repeated data': {'dropout': 0.1, 'train_tokens': REPEATED_TOKENS}},
+    description='dropout 0.1 against none, each at its best LR: it costs in the single-epoch regime of language-model '
+                'pre-training and pays when data repeats for many epochs (Liu et al. 2023; Muennighoff et al. 2023)',
+    tune_lr=True, claims=(('dropout 0.1', 'dropout 0'), ('dropout 0.1 | repeated data', 'dropout 0 | repeated data')),
+    notebook='15_hyperparameters'))
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #0f4e4af0
 def grid_cells(result: dict, row: str, col: str) -> dict[tuple, str]:
@@ -208,6 +218,12 @@ def _heads_rule(r):
             'agrees' if few_cost and many['verdict'] == 'worse' else
             f"partly: fewer heads cost, 16 narrow heads are {many['verdict']}" if few_cost else 'disagrees')
 
+def _dropout_rule(r):
+    one, many = paired_difference(r, 'dropout 0.1', 'dropout 0'), paired_difference(r, 'dropout 0.1 | repeated data', 'dropout 0 | repeated data')
+    return (f"dropout 0.1 vs 0: {one['mean']:+.4f} in one epoch ({one['verdict']}), {many['mean']:+.4f} with repeated data ({many['verdict']})",
+            'agrees' if one['verdict'] != 'better' and many['verdict'] == 'better' else
+            'partly' if many['verdict'] == 'better' or one['verdict'] == 'worse' else 'disagrees')
+
 ASPECT_TOLERANCE = 0.03   # Kaplan et al.: the loss varies by "a few percent" over a wide range of shapes
 
 COLLAPSED = 1.25   # a seed whose final loss is above this multiple of the best variant's mean did not train (it collapsed)
@@ -248,6 +264,7 @@ RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdi
     ('several heads beat one; very narrow heads cost', 'Vaswani et al. 2017, table 3', '15_heads', _heads_rule),
     ('n_head x d_head = d_model', 'Vaswani et al. 2017; CS336 lecture 3', '15_head_dim',
      lambda r: _none_better(r, head_ratio_variant(1))),
+    ('no dropout in one epoch; dropout when data repeats', 'Liu et al. 2023; Muennighoff et al. 2023', '15_dropout', _dropout_rule),
 )
 
 # the grid experiments have no claims table: their course-table line is their rule's finding
