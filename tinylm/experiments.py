@@ -349,8 +349,9 @@ def _extend(grid: list[float], best: float) -> float | None:
     return None
 
 def _fp_key(fp: dict) -> str:
-    "A fingerprint as a canonical string (stored model configs normalized, as `is_done` does)."
-    return json.dumps(dict(fp, model=ModelConfig.from_dict(fp['model']).to_dict()), sort_keys=True)
+    "A fingerprint as a canonical string (stored configs read through today's classes, as `is_done` does)."
+    train = {k: v for k, v in TrainConfig.from_dict(fp['train']).to_dict().items() if k not in _left_out('tokens')}
+    return json.dumps(dict(fp, model=ModelConfig.from_dict(fp['model']).to_dict(), train=train), sort_keys=True)
 
 def run_index(results: str | Path | None, scale: str, skip: str | None = None) -> dict[str, tuple[str, dict]]:
     "Every finished run ('ok') in the result files of `scale` under `results` (but `skip`), by fingerprint: `(experiment, run)`."
