@@ -222,7 +222,7 @@ def _dropout_rule(r):
     one, many = paired_difference(r, 'dropout 0.1', 'dropout 0'), paired_difference(r, 'dropout 0.1 | repeated data', 'dropout 0 | repeated data')
     return (f"dropout 0.1 vs 0: {one['mean']:+.4f} in one epoch ({one['verdict']}), {many['mean']:+.4f} with repeated data ({many['verdict']})",
             'agrees' if one['verdict'] != 'better' and many['verdict'] == 'better' else
-            'partly' if many['verdict'] == 'better' or one['verdict'] == 'worse' else 'disagrees')
+            'partly: it costs in one epoch, and still costs when data repeats' if one['verdict'] == 'worse' else 'disagrees')
 
 ASPECT_TOLERANCE = 0.03   # Kaplan et al.: the loss varies by "a few percent" over a wide range of shapes
 
