@@ -19,7 +19,7 @@ from .training import TrainConfig, Trainer, TrainingDiverged, evaluate_split, sp
 
 # %% auto #0
 __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 'HARNESS_VERSION', 'T_975', 'EXPERIMENTS',
-           'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'tokens_budget',
+           'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'stretch_run', 'tokens_budget',
            'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir', 'result_path',
            'load_result', 'read_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid',
            'choose_lr', 'run_index', 'run_experiment', 'final_value', 'is_complete', 'is_current', 'compared_runs',
@@ -176,6 +176,13 @@ def plan(exp: Experiment, scale: str = 'tiny', vocab_size: int = 256, # the data
 
 # %% ../nbs/06_experiments.ipynb #735f3b6e
 BUDGETS = Registry('budget')  # fn(specs, exp, scale, data) -> specs with max_steps set
+
+def stretch_run(train: TrainConfig, scale: str, steps: int) -> TrainConfig:
+    "`train` with `steps` optimizer steps, the scale's warmup and evaluation and log intervals keeping their fraction of the run."
+    sc = SCALES[scale].train
+    f = steps / sc['max_steps']
+    return train.replace(max_steps=steps, warmup_steps=round(sc.get('warmup_steps', train.warmup_steps) * f),
+                         eval_interval=max(1, round(sc['eval_interval'] * f)), log_interval=max(1, round(sc.get('log_interval', train.log_interval) * f)))
 
 @BUDGETS.register('tokens')
 def tokens_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> list[RunSpec]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS, HEAD_RATIOS
 from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, combine, compared_runs, config_value, grid,
-                                is_current, load_result, paired_difference, plot_title, register_experiment, summarize)
+                                is_current, load_result, paired_difference, plot_title, register_experiment, stretch_run, summarize)
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
@@ -21,10 +21,7 @@ __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DE
 def equal_tokens_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> list[RunSpec]:
     "Every run sees the scale's tokens whatever its batch size: steps, warmup and the eval/log intervals scale by the scale's batch over the run's."
     sc = SCALES[scale].train
-    for s in specs:
-        f = sc['batch_size'] / s.train.batch_size
-        s.train = s.train.replace(max_steps=max(1, round(sc['max_steps'] * f)), warmup_steps=round(sc.get('warmup_steps', s.train.warmup_steps) * f),
-                                  eval_interval=max(1, round(sc['eval_interval'] * f)), log_interval=max(1, round(sc.get('log_interval', s.train.log_interval) * f)))
+    for s in specs: s.train = stretch_run(s.train, scale, max(1, round(sc['max_steps'] * sc['batch_size'] / s.train.batch_size)))
     return specs
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #ab5761da

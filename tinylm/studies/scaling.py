@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ..core import Registry
-from ..experiments import BUDGETS, EXPERIMENT_BASE, SCALES, Experiment, RunSpec, load_result, register_experiment, run_flops_per_token
+from ..experiments import BUDGETS, EXPERIMENT_BASE, SCALES, Experiment, RunSpec, load_result, register_experiment, run_flops_per_token, stretch_run
 from ..model import MODEL_PRESETS, model_flops_per_token
 from ..scaling import fit_isoflop, isoflop_points
 
@@ -28,14 +28,11 @@ def scale_compute(scale: str, vocab_size: int) -> float:
 def compute_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> list[RunSpec]:
     "Each run gets `COMPUTE[exp.name][variant]` times the scale's compute: steps = C / (FLOPs per token x tokens per step); warmup, eval and log intervals keep their fraction of the run."
     if exp.name not in COMPUTE: raise ValueError(f"experiment {exp.name!r} has budget='compute' but no entry in COMPUTE: register its multiples")
-    multiples, sc = COMPUTE[exp.name], SCALES[scale].train
+    multiples = COMPUTE[exp.name]
     total = scale_compute(scale, specs[0].model.vocab_size) if specs else 0.0
     for s in specs:
         if s.variant not in multiples: raise ValueError(f'{exp.name}: variant {s.variant!r} has no compute multiple in COMPUTE[{exp.name!r}]')
-        steps = max(1, round(multiples[s.variant] * total / (run_flops_per_token(s) * s.tokens_per_step)))
-        f = steps / sc['max_steps']
-        s.train = s.train.replace(max_steps=steps, warmup_steps=round(sc.get('warmup_steps', s.train.warmup_steps) * f),
-                                  eval_interval=max(1, round(sc['eval_interval'] * f)), log_interval=max(1, round(sc.get('log_interval', s.train.log_interval) * f)))
+        s.train = stretch_run(s.train, scale, max(1, round(multiples[s.variant] * total / (run_flops_per_token(s) * s.tokens_per_step))))
     return specs
 
 # %% ../../nbs/studies/16_scaling_laws.ipynb #c56ccf09
