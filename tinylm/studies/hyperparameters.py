@@ -97,7 +97,7 @@ DROPOUT_EXPERIMENT = register_experiment(Experiment(
                    'dropout 0 | repeated data': {'train_tokens': REPEATED_TOKENS},
                    'dropout 0.1 | repeated data': {'dropout': 0.1, 'train_tokens': REPEATED_TOKENS}},
     description='dropout 0.1 against none, each at its best LR: it costs in the single-epoch regime of language-model '
-                'pre-training and pays when data repeats for many epochs (Liu et al. 2023; Muennighoff et al. 2023)',
+                'pre-training and pays when data repeats for many epochs (CS336 lecture 3; Xue et al. 2023)',
     tune_lr=True, claims=(('dropout 0.1', 'dropout 0'), ('dropout 0.1 | repeated data', 'dropout 0 | repeated data')),
     notebook='15_hyperparameters'))
 
@@ -261,7 +261,7 @@ RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdi
     ('several heads beat one; very narrow heads cost', 'Vaswani et al. 2017, table 3', '15_heads', _heads_rule),
     ('n_head x d_head = d_model', 'Vaswani et al. 2017; CS336 lecture 3', '15_head_dim',
      lambda r: _none_better(r, head_ratio_variant(1))),
-    ('no dropout in one epoch; dropout when data repeats', 'Liu et al. 2023; Muennighoff et al. 2023', '15_dropout', _dropout_rule),
+    ('no dropout in one epoch; dropout when data repeats', 'CS336 lecture 3; Xue et al. 2023', '15_dropout', _dropout_rule),
 )
 
 # the grid experiments have no claims table: their course-table line is their rule's finding
