@@ -309,3 +309,43 @@ def test_a_stored_run_missing_a_newer_train_field_is_still_done(keep_scale):
     assert not is_done(dict(runs={spec.key: dict(run, fingerprint=changed)}), spec, 'tokens')
     unreadable = dict(fp, train=dict(fp['train'], from_the_future=1))
     assert not is_done(dict(runs={spec.key: dict(run, fingerprint=unreadable)}), spec, 'tokens')
+
+
+def test_a_variant_with_its_own_tokenizer_is_scored_in_bits_per_byte(keep_scale):
+    exp = Experiment('vocab_t', {'char': {'tokenizer': 'char'}, 'bpe': {'tokenizer': 'bpe:280'}}, budget='flops', metric='val_bpb')
+    specs = {s.variant: s for s in plan(exp, keep_scale)}
+    assert specs['char'].tokenizer is None and specs['bpe'].tokenizer == 'bpe:280'   # 'char' is the scale's own data
+    assert specs['bpe'].model.vocab_size == 280
+    res = run_experiment(exp, keep_scale, verbose=False)
+    char, bpe = res['runs']['char/seed=1'], res['runs']['bpe/seed=1']
+    assert bpe['fingerprint']['data'] == {'tokenizer': 'bpe:280'} and 'data' not in char['fingerprint']
+    for r in (char, bpe):   # bits per byte: the summed loss in bits over the UTF-8 bytes of the scored targets
+        f, v = r['final'], r['val_split']
+        assert v['bytes'] > 0 and math.isclose(f['val_bpb'], f['val_loss'] * v['tokens'] / (v['bytes'] * math.log(2)))
+    assert char['val_split']['bytes'] == char['val_split']['tokens']     # KJV is ASCII: a character is a byte
+    assert bpe['val_split']['bytes'] > 1.2 * bpe['val_split']['tokens']  # 24 merges: a BPE token spells more than a byte
+    assert res['data']['tokenizers']['bpe:280']['vocab_size'] == 280
+    # the same experiment again finds both runs done; a copy of the char run elsewhere is reused and gets its bpb filled in
+    again = run_experiment(exp, keep_scale, verbose=False)
+    assert again['runs']['bpe/seed=1']['final'] == bpe['final']
+    stripped = json.loads(result_path('vocab_t', keep_scale).read_text())
+    for r in stripped['runs'].values(): r['final'].pop('val_bpb')
+    result_path('other', keep_scale).write_text(json.dumps(dict(stripped, experiment='other')))
+    result_path('vocab_t', keep_scale).unlink()
+    reused = run_experiment(exp, keep_scale, verbose=False)
+    for k in ('char/seed=1', 'bpe/seed=1'):
+        assert reused['runs'][k]['reused_from'] == 'other'
+        assert math.isclose(reused['runs'][k]['final']['val_bpb'], res['runs'][k]['final']['val_bpb'])
+
+
+def test_tokenizer_variants_are_checked():
+    with pytest.raises(ValueError, match="'seconds' budget cannot time"):
+        Experiment('v', {'a': {'tokenizer': 'bpe:300'}}, budget='seconds', metric='val_bpb')
+    with pytest.raises(ValueError, match='must be a tokenizer spec'):
+        Experiment('v', {'a': {'tokenizer': 512}}, metric='val_bpb')
+    with pytest.raises(ValueError, match="losses per token do not compare"):
+        Experiment('v', {'a': {'tokenizer': 'bpe:300'}})
+    with pytest.raises(ValueError, match="metric='bpb' is not a final metric"):
+        Experiment('v', {'a': {}}, metric='bpb')
+    with pytest.raises(ValueError, match="unknown tokenizer spec 'wordpiece'"):
+        plan(Experiment('v', {'a': {'tokenizer': 'wordpiece'}}, metric='val_bpb'), 'tiny')

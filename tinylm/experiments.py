@@ -13,22 +13,22 @@ import torch
 
 from .core import COMMANDS, Command, Registry, atomic_write, count_params, environment_info, fmt_count, git_commit, resolve_device
 from .data import cache_dir, prepare_dataset
-from .tokenizer import corpus_tokenizer
+from .tokenizer import TOKENIZER_SPECS, corpus_tokenizer
 from .model import MODEL_PRESETS, ModelConfig, model_flops_per_token
 from .training import TrainConfig, Trainer, TrainingDiverged, evaluate_split, split_overrides
 
 # %% auto #0
-__all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'BUDGETS', 'SCALE_ORDER', 'HARNESS_VERSION', 'T_975', 'EXPERIMENTS',
-           'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'stretch_run', 'tokens_budget',
-           'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir', 'result_path',
-           'load_result', 'read_result', 'save_result', 'fingerprint', 'is_done', 'execute', 'load_data', 'tuning_grid',
-           'choose_lr', 'run_index', 'run_experiment', 'final_value', 'is_complete', 'is_current', 'compared_runs',
-           'summarize', 'describe', 'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference',
-           'ratio_interval', 'verdicts', 'verdict_table', 'claims_table', 'show_markdown', 'show_claims',
-           'show_verdicts', 'noise_summary', 'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves',
-           'plot_final', 'group_label', 'config_value', 'plot_lr_sweep', 'plot_grid', 'print_tuning', 'plot_tuning',
-           'Benchmark', 'register_experiment', 'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment',
-           'headline', 'course_table']
+__all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'DATA_KEYS', 'BUDGETS', 'SCALE_ORDER', 'HARNESS_VERSION', 'T_975',
+           'EXPERIMENTS', 'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'stretch_run',
+           'tokens_budget', 'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir',
+           'result_path', 'load_result', 'read_result', 'save_result', 'fingerprint', 'is_done', 'scored_bytes',
+           'bits_per_byte', 'execute', 'load_data', 'tuning_grid', 'choose_lr', 'run_index', 'run_experiment',
+           'final_value', 'is_complete', 'is_current', 'compared_runs', 'summarize', 'describe', 'print_summary',
+           't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
+           'claims_table', 'show_markdown', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new',
+           'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep',
+           'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark',
+           'find_experiments', 'describe_plan', 'cmd_experiment', 'headline', 'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -92,12 +92,13 @@ def log_range(lo: float, hi: float, per_decade: int = 2) -> list[float]:
 
 # %% ../nbs/06_experiments.ipynb #54c807d5
 SCALE_KEYS = frozenset({'seeds', 'seconds', 'tune_factors'})  # per-scale settings that are not config fields
+DATA_KEYS = frozenset({'tokenizer'})  # variant overrides that choose the data, not a config field
 
 @dataclass
 class Experiment:
     "A named comparison: variants (overrides of one base) x seeds, trained at an equal budget, optionally each at its own best LR."
     name: str                      # result file stem, e.g. '07_prenorm_grid'
-    variants: dict                 # variant name -> overrides (ModelConfig / TrainConfig fields, or 'preset')
+    variants: dict                 # variant name -> overrides (ModelConfig / TrainConfig fields, 'preset', or 'tokenizer')
     description: str = ''          # the claim it tests, with its source
     base: dict = field(default_factory=lambda: dict(EXPERIMENT_BASE))  # overrides shared by all variants
     budget: str = 'tokens'         # what is held equal: 'tokens', 'flops' or 'seconds'
@@ -108,10 +109,13 @@ class Experiment:
     scales: dict = field(default_factory=dict)  # scale -> overrides for that scale only (fields, 'seeds', 'seconds', 'tune_factors')
     probes: dict = field(default_factory=dict)  # name -> fn(trainer) -> float, recorded at every evaluation
     notebook: str | None = None    # the notebook that explains it, e.g. '07_prenorm'
+    metric: str = 'val_loss'       # the final metric compared: 'val_loss' (nats per token) or 'val_bpb' (bits per byte)
 
     def __post_init__(self):
         if not self.variants: raise ValueError(f'Experiment {self.name!r} has no variants')
         BUDGETS.check(self.budget, f'Experiment {self.name!r}: budget')
+        if self.metric not in ('val_loss', 'val_bpb'):
+            raise ValueError(f"Experiment {self.name!r}: metric={self.metric!r} is not a final metric; allowed: 'val_loss', 'val_bpb'")
         if self.reference is not None and self.reference not in self.variants:
             raise ValueError(f'Experiment {self.name!r}: reference={self.reference!r} is not one of its variants: {", ".join(self.variants)}')
         split_overrides(self.base, f'Experiment {self.name!r} base')
@@ -124,7 +128,16 @@ class Experiment:
             for v in (a, b):
                 if v not in self.variants: raise ValueError(f'Experiment {self.name!r}: claim ({a!r}, {b!r}) names {v!r}, which is not one of its variants: {", ".join(self.variants)}')
         for vname, over in self.variants.items():
-            split_overrides(over, f'Experiment {self.name!r} variant {vname!r}')
+            split_overrides({k: v for k, v in over.items() if k not in DATA_KEYS}, f'Experiment {self.name!r} variant {vname!r}')
+            if 'tokenizer' in over and self.metric == 'val_loss':
+                raise ValueError(f"Experiment {self.name!r} variant {vname!r} sets its own tokenizer, so losses per token do not compare "
+                                 "across variants; set metric='val_bpb' (bits per byte of the same text)")
+            if 'tokenizer' in over:
+                if not isinstance(over['tokenizer'], str) or not over['tokenizer']:
+                    raise ValueError(f"Experiment {self.name!r} variant {vname!r}: tokenizer={over['tokenizer']!r} must be a tokenizer spec ({TOKENIZER_SPECS})")
+                if self.budget == 'seconds':
+                    raise ValueError(f"Experiment {self.name!r} variant {vname!r} sets a tokenizer, which a 'seconds' budget cannot time "
+                                     "(each variant is timed on the scale's data); use budget='tokens' or 'flops'")
             if self.tune_lr and 'lr' in over:
                 raise ValueError(f"Experiment {self.name!r} variant {vname!r} sets lr={over['lr']!r}, but tune_lr=True chooses each "
                                  "variant's LR; drop the lr override, or set tune_lr=False to compare at fixed LRs")
@@ -145,6 +158,7 @@ class RunSpec:
     model: ModelConfig
     train: TrainConfig
     stage: str = 'compare'         # 'tune' (one seed per LR of the sweep) or 'compare' (the seeds that are compared)
+    tokenizer: str | None = None   # the variant's own tokenizer spec (None: the scale's)
     @property
     def key(self) -> str:
         return f'{self.variant}/lr={self.train.lr:g}/seed={self.seed}' if self.stage == 'tune' else f'{self.variant}/seed={self.seed}'
@@ -153,7 +167,7 @@ class RunSpec:
     @property
     def context(self) -> int: return self.train.block_size or self.model.block_size
 
-def plan(exp: Experiment, scale: str = 'tiny', vocab_size: int = 256, # the data's vocabulary
+def plan(exp: Experiment, scale: str = 'tiny', vocab_size: int = 256, # the vocabulary of the scale's data (a variant with its own tokenizer gets that one's)
          device: str | None = None, # override the scale's device
          seeds: tuple | None = None, # override the seeds
          lrs: dict | None = None, # variant -> learning rate (the tuning stage's choice, or a sweep point)
@@ -166,12 +180,15 @@ def plan(exp: Experiment, scale: str = 'tiny', vocab_size: int = 256, # the data
     specs = []
     for vname, over in exp.variants.items():
         if lrs is not None and vname not in lrs: continue
-        preset, m, t = split_overrides({**shared, **over}, f'variant {vname!r}')
-        mcfg = MODEL_PRESETS[preset or 'baseline_2017'](**{**sc.model, **m, 'vocab_size': vocab_size})
+        preset, m, t = split_overrides({k: v for k, v in {**shared, **over}.items() if k not in DATA_KEYS}, f'variant {vname!r}')
+        tok = over.get('tokenizer')
+        if tok == sc.tokenizer: tok = None   # the scale's own data: the same run as in any other experiment
+        vs = vocab_size if tok is None else load_data(scale, tok)[0].vocab_size
+        mcfg = MODEL_PRESETS[preset or 'baseline_2017'](**{**sc.model, **m, 'vocab_size': vs})
         lr = {'lr': lrs[vname]} if lrs is not None else {}
         for seed in seeds:
             tcfg = TrainConfig(**{**sc.train, **t, **lr, 'seed': seed, **({'device': device} if device else {})})
-            specs.append(RunSpec(vname, seed, over, mcfg, tcfg, stage))
+            specs.append(RunSpec(vname, seed, over, mcfg, tcfg, stage, tok))
     return specs
 
 # %% ../nbs/06_experiments.ipynb #735f3b6e
@@ -193,10 +210,10 @@ def run_flops_per_token(spec: RunSpec) -> int: return model_flops_per_token(spec
 
 @BUDGETS.register('flops')
 def flops_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> list[RunSpec]:
-    "Every run gets the training FLOPs of the reference variant at the planned steps."
+    "Every run gets the training FLOPs of the reference variant at the planned steps (warmup and intervals keep their fraction of the run)."
     ref = next(s for s in plan(exp, scale, data.vocab_size, seeds=(0,)) if s.variant == exp.ref)
     total = run_flops_per_token(ref) * ref.tokens_per_step * ref.train.max_steps
-    for s in specs: s.train = s.train.replace(max_steps=max(1, round(total / (run_flops_per_token(s) * s.tokens_per_step))))
+    for s in specs: s.train = stretch_run(s.train, scale, max(1, round(total / (run_flops_per_token(s) * s.tokens_per_step))))
     return specs
 
 def steps_per_second(spec: RunSpec, data, steps: int = 6, warmup: int = 2) -> float:
@@ -276,7 +293,9 @@ def fingerprint(spec: RunSpec, budget: str) -> dict:
     "The configs that identify a run, and the harness version (the step count is left out under a 'seconds' budget)."
     train = spec.train.to_dict()
     for k in _left_out(budget): train.pop(k)
-    return dict(model=spec.model.to_dict(), train=train, harness=HARNESS_VERSION)
+    fp = dict(model=spec.model.to_dict(), train=train, harness=HARNESS_VERSION)
+    if spec.tokenizer is not None: fp['data'] = dict(tokenizer=spec.tokenizer)   # only when it is not the scale's: older runs keep their fingerprints
+    return fp
 
 def is_done(result: dict, spec: RunSpec, budget: str) -> bool:
     "Whether `result` already holds a finished run (ok or diverged) made exactly as `spec` asks, by this harness."
@@ -295,14 +314,31 @@ def _final(records: list[dict], trainer: Trainer, full: dict | None) -> dict:
     val = [r['val_loss'] for r in records if 'val_loss' in r]
     return dict(val_loss=full['loss'] if full else None,            # the whole validation split
                 val_loss_se=full['se'] if full else None, val_tokens=full['tokens'] if full else None,
+                val_bpb=full.get('bits_per_byte') if full else None,  # the same loss in bits per byte of text
                 sample_val_loss=val[-1] if val else None,           # the last periodic evaluation (fixed windows)
                 min_sample_val_loss=min(val) if val else None, train_loss=train[-1] if train else None,
                 steps=trainer.step, tokens=trainer.tokens, elapsed_s=round(trainer.elapsed, 3),
                 tokens_per_s=round(trainer.tokens / trainer.elapsed, 1) if trainer.elapsed else None)
 
+def scored_bytes(tokenizer, data, block_size: int, max_tokens: int | None = None) -> int:
+    "The UTF-8 bytes of the validation tokens that `evaluate_split` scores as targets (every window's next tokens)."
+    toks = data.tokens('val')
+    if max_tokens is not None: toks = toks[:max_tokens + 1]
+    n = (len(toks) - 1) // block_size
+    return len(tokenizer.decode(toks[1:n * block_size + 1].tolist()).encode('utf-8'))
+
+def bits_per_byte(loss: float, # mean cross-entropy per token, in nats
+                  tokens: int, # tokens it was averaged over
+                  nbytes: int, # UTF-8 bytes of text those tokens spell
+                 ) -> float:
+    "A loss in nats per token as bits per byte of text: the one unit in which models with different tokenizers compare."
+    if nbytes <= 0: raise ValueError(f'bits_per_byte needs the text to have bytes, got nbytes={nbytes!r}')
+    return loss * tokens / (nbytes * math.log(2))
+
 def execute(spec: RunSpec, data, budget: str = 'tokens', probes: dict | None = None,
             runs_dir: str | Path | None = None, progress: bool = False,
             final_eval_tokens: int | None = None, # score only this many validation tokens at the end (None: the whole split)
+            tokenizer=None, # the data's tokenizer: with it the final loss is also given in bits per byte
            ) -> dict:
     "Train one planned run, score it on the whole validation split, and return its result record (status 'ok' or 'diverged')."
     fp = fingerprint(spec, budget)
@@ -318,6 +354,9 @@ def execute(spec: RunSpec, data, budget: str = 'tokens', probes: dict | None = N
         full = evaluate_split(trainer.model, data, 'val', trainer.block_size, 4 * spec.train.batch_size, trainer.device,
                               trainer.dtype, max_tokens=final_eval_tokens)
         full['seconds'] = round(time.perf_counter() - t0, 3)
+        if tokenizer is not None:
+            full['bytes'] = scored_bytes(tokenizer, data, trainer.block_size, final_eval_tokens)
+            full['bits_per_byte'] = bits_per_byte(full['loss'], full['tokens'], full['bytes'])
     fpt = run_flops_per_token(spec)
     run = dict(variant=spec.variant, seed=spec.seed, stage=spec.stage, overrides=spec.overrides, status=status, error=error,
                fingerprint=fp, model_config=spec.model.to_dict(), train_config=spec.train.to_dict(),
@@ -329,10 +368,10 @@ def execute(spec: RunSpec, data, budget: str = 'tokens', probes: dict | None = N
     return run
 
 # %% ../nbs/06_experiments.ipynb #3915e1f5
-def load_data(scale: str):
-    "The tokenizer and token dataset of `scale` (built once, then cached)."
+def load_data(scale: str, tokenizer: str | None = None): # a tokenizer spec instead of the scale's
+    "The tokenizer and token dataset of `scale`'s corpus (built once, then cached on disk)."
     sc = SCALES[scale]
-    tok = corpus_tokenizer(sc.tokenizer, sc.corpus)
+    tok = corpus_tokenizer(tokenizer or sc.tokenizer, sc.corpus)
     return tok, prepare_dataset(sc.corpus, tok)
 
 def _r3(x: float) -> float: return float(f'{x:.3g}')
@@ -388,14 +427,18 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
     sc = SCALES[scale]
     if device is not None or 'device' in sc.train: resolve_device(device or sc.train['device'])  # fail early
     tok, data = load_data(scale)
+    own = {t: load_data(scale, t) for t in dict.fromkeys(v['tokenizer'] for v in exp.variants.values() if 'tokenizer' in v) if t != sc.tokenizer}
+    def data_of(spec: RunSpec): return own[spec.tokenizer] if spec.tokenizer is not None else (tok, data)
     path = result_path(exp.name, scale, results) if sc.persist else None
     result = read_result(path, training=True) if path is not None and path.exists() else {}
     if result and result['experiment'] != exp.name:
         raise ValueError(f"{path} holds the results of experiment {result['experiment']!r}, not {exp.name!r}; move it away to run {exp.name}")
     result.update(experiment=exp.name, notebook=exp.notebook, description=exp.description, scale=scale,
-                  budget=exp.budget, reference=exp.ref, tune_lr=exp.tune_lr, claims=exp.claim_pairs,
+                  budget=exp.budget, metric=exp.metric, reference=exp.ref, tune_lr=exp.tune_lr, claims=exp.claim_pairs,
                   data=dict(corpus=sc.corpus, tokenizer=tok.name, vocab_size=tok.vocab_size,
                   train_tokens=data.n_tokens('train'), val_tokens=data.n_tokens('val')), variants=list(exp.variants))
+    if own: result['data']['tokenizers'] = {t: dict(name=tk.name, vocab_size=tk.vocab_size, train_tokens=d.n_tokens('train'),
+                                                   val_tokens=d.n_tokens('val')) for t, (tk, d) in own.items()}
     result.setdefault('runs', {})
     result['complete'] = False   # until the last run is in: an interrupted file says so, and resumes
     if path is not None and (commit := git_commit()) and commit.endswith('+dirty') and verbose:
@@ -413,9 +456,13 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
         if todo and exp.budget == 'seconds': todo = seconds_budget(todo, exp, scale, data)
         for i, spec in enumerate(todo):
             t0 = time.perf_counter()
+            stok, sdata = data_of(spec)
             if (hit := index.get(_fp_key(fingerprint(spec, exp.budget)))) is not None:
                 run = dict(hit[1], variant=spec.variant, seed=spec.seed, stage=spec.stage, overrides=spec.overrides, reused_from=hit[0])
-            else: run = execute(spec, data, exp.budget, exp.probes, runs_dir, progress, sc.final_eval_tokens)
+                if run['final'].get('val_bpb') is None and run['final'].get('val_loss') is not None:   # made before runs recorded it
+                    f = run['final']
+                    run['final'] = dict(f, val_bpb=bits_per_byte(f['val_loss'], f['val_tokens'], scored_bytes(stok, sdata, spec.context, sc.final_eval_tokens)))
+            else: run = execute(spec, sdata, exp.budget, exp.probes, runs_dir, progress, sc.final_eval_tokens, stok)
             result['runs'][spec.key] = run; ran.add(spec.key)
             result['environment'] = run['environment']
             if path is not None: save_result(result, path)
@@ -862,7 +909,7 @@ def cmd_experiment(args) -> int:
         runs_dir = None if args.no_checkpoints else cache_dir() / 'experiments' / f'{exp.name}-{args.scale}'
         res = run_experiment(exp, args.scale, results=args.results, force=args.force, device=args.device,
                              seeds=seeds, runs_dir=runs_dir, progress=args.progress, reuse=not args.no_reuse)
-        print_summary(res)
+        print_summary(res, exp.metric)
         if SCALES[args.scale].persist: print(f'wrote {result_path(exp.name, args.scale, args.results)}')
     return 0
 
@@ -890,7 +937,7 @@ def headline(result: dict, exp: Experiment | Benchmark | None = None) -> list[st
     pairs = exp.claim_pairs if exp is not None else [tuple(p) for p in result.get('claims', [])]
     out = []
     for a, b in pairs:
-        d = paired_difference(result, a, b)
+        d = paired_difference(result, a, b, getattr(exp, 'metric', None) or result.get('metric', 'val_loss'))
         ci = f" [{d['lo']:+.3f}, {d['hi']:+.3f}]" if d['lo'] is not None else ''
         out.append(f"{a} vs {b}: {d['verdict']} ({d['mean']:+.3f}{ci}, {d['n']} seeds)" if d['mean'] is not None else f'{a} vs {b}: no paired runs')
     return out

@@ -8,13 +8,15 @@ from __future__ import annotations
 from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS, HEAD_RATIOS
 from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, combine, compared_runs, config_value, grid,
                                 is_current, load_result, paired_difference, plot_title, register_experiment, stretch_run, summarize)
+from ..core import fmt_count
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
            'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'ASPECT_STABLE_EXPERIMENT',
-           'HEADS_EXPERIMENT', 'HEAD_DIM_EXPERIMENT', 'REPEATED_TOKENS', 'DROPOUT_EXPERIMENT', 'ASPECT_TOLERANCE',
-           'COLLAPSED', 'RULES', 'equal_tokens_budget', 'head_ratio_variant', 'grid_cells', 'best_per_row',
-           'best_per_row_table', 'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
+           'HEADS_EXPERIMENT', 'HEAD_DIM_EXPERIMENT', 'REPEATED_TOKENS', 'DROPOUT_EXPERIMENT', 'VOCABS',
+           'VOCAB_EXPERIMENT', 'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget', 'head_ratio_variant',
+           'vocab_best', 'vocab_table', 'plot_vocab', 'grid_cells', 'best_per_row', 'best_per_row_table',
+           'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -100,6 +102,61 @@ DROPOUT_EXPERIMENT = register_experiment(Experiment(
                 'pre-training and pays when data repeats for many epochs (CS336 lecture 3; Xue et al. 2023)',
     tune_lr=True, claims=(('dropout 0.1', 'dropout 0'), ('dropout 0.1 | repeated data', 'dropout 0 | repeated data')),
     notebook='15_hyperparameters'))
+
+# %% ../../nbs/studies/15_hyperparameters.ipynb #80dfc888
+VOCABS = ('char', 'bpe:512', 'bpe:1024', 'bpe:2048', 'bpe:4096', 'bpe:8192', 'bpe:16384', 'gpt2')
+VOCAB_EXPERIMENT = register_experiment(Experiment(
+    '15_vocab', {t: {'tokenizer': t} for t in VOCABS},
+    description="the vocabulary: characters, BPE from 512 to 16k learned on the corpus, and GPT-2's 50k, at fixed non-embedding "
+                'parameters and equal training FLOPs (the output layer counted), each at its best LR, compared in bits per byte: '
+                'the compute-optimal vocabulary grows with the model, so a small model wants a small one, far below an LLM\'s '
+                '32k-50k (Tao et al. 2024; CS336 lecture 3)',
+    budget='flops', tune_lr=True, reference='char', metric='val_bpb', notebook='15_hyperparameters'))
+
+def _vocab_row(result: dict, variant: str) -> dict:
+    "What the tokenizer of `variant` changes, from its first comparison run."
+    r = next(r for r in compared_runs(result) if r['variant'] == variant)
+    v = r['val_split']
+    bpt = v['bytes'] / v['tokens'] if v and v.get('bytes') else None
+    T = r['train_config'].get('block_size') or r['model_config']['block_size']
+    return dict(vocab=r['model_config']['vocab_size'], embedding=r['params']['embedding'], params=r['params']['total'],
+                bytes_per_token=bpt, context_bytes=T * bpt if bpt else None, steps=r['final']['steps'],
+                train_bytes=r['final']['tokens'] * bpt if bpt else None, flops_per_token=r['flops_per_token'])
+
+def vocab_best(result: dict, metric: str = 'val_bpb') -> str:
+    "The variant with the lowest seed-mean final `metric`."
+    rows = {v: s['mean'] for v, s in summarize(result, metric).items() if s['mean'] is not None}
+    return min(rows, key=rows.get)
+
+def vocab_table(result: dict, metric: str = 'val_bpb') -> str:
+    "A markdown table per tokenizer: vocabulary, embedding parameters, bytes per token, context and training text in bytes, steps, LR, final bits per byte, and the paired difference to the best."
+    rows, best = summarize(result, metric), vocab_best(result, metric)
+    lines = ['| tokenizer | vocab | embedding params (share) | bytes / token | context (bytes) | steps | text trained on | LR | bits / byte (± sd) | vs best (95% CI) |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for v in result['variants']:
+        s, t = rows[v], _vocab_row(result, v)
+        if v == best: diff = '**best**'
+        else:
+            d = paired_difference(result, v, best, metric)
+            diff = f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] {d['verdict']}" if d['mean'] is not None else 'n/a'
+        bpb = f"{s['mean']:.4f} ± {s['sd']:.4f}" if s['mean'] is not None else 'diverged'
+        lines.append(f"| {v} | {t['vocab']:,} | {fmt_count(t['embedding'])} ({t['embedding'] / t['params']:.0%}) | {t['bytes_per_token']:.2f} | "
+                     f"{t['context_bytes']:.0f} | {t['steps']} | {fmt_count(t['train_bytes'])}B | {s['lr']:g} | {bpb} | {diff} |")
+    return '\n'.join(lines)
+
+def plot_vocab(result: dict, metric: str = 'val_bpb', ax=None):
+    "Final bits per byte against the vocabulary size (log x): every seed a dot, the seed mean a line; labels name the tokenizers."
+    ax = axes_or_new(ax)
+    rows = summarize(result, metric)
+    xs = {v: _vocab_row(result, v)['vocab'] for v in result['variants']}
+    order = sorted((v for v in result['variants'] if rows[v]['mean'] is not None), key=xs.get)
+    ax.plot([xs[v] for v in order], [rows[v]['mean'] for v in order], '-', color='C0', alpha=0.6)
+    for v in order:
+        ax.plot([xs[v]] * len(rows[v]['values']), rows[v]['values'], 'o', ms=4, color='C0')
+        ax.annotate(v, (xs[v], rows[v]['mean']), textcoords='offset points', xytext=(4, 6), fontsize=7)
+    ax.set_xscale('log', base=2); ax.set_xlabel('vocabulary size'); ax.set_ylabel('final validation bits per byte')
+    ax.set_title(plot_title(result, 'bits per byte vs vocabulary (equal FLOPs, each at its best LR)'), fontsize=9); ax.grid(alpha=0.3)
+    return ax
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #0f4e4af0
 def grid_cells(result: dict, row: str, col: str) -> dict[tuple, str]:
@@ -221,6 +278,15 @@ def _dropout_rule(r):
             'agrees' if one['verdict'] != 'better' and many['verdict'] == 'better' else
             'partly: it costs in one epoch, and still costs when data repeats' if one['verdict'] == 'worse' else 'disagrees')
 
+def _vocab_rule(r):
+    best, big = vocab_best(r), max(r['variants'], key=lambda v: _vocab_row(r, v)['vocab'])
+    d = paired_difference(r, big, best, 'val_bpb') if big != best else None
+    found = f"best: {best} ({_vocab_row(r, best)['vocab']:,} ids, {summarize(r, 'val_bpb')[best]['mean']:.4f} bits/byte)"
+    if d: found += f"; {big} ({_vocab_row(r, big)['vocab']:,}) {d['mean']:+.4f} ({d['verdict']})"
+    small = _vocab_row(r, best)['vocab'] < 16384
+    return found, ('agrees' if small and d and d['verdict'] == 'worse' else
+                   'partly: the best is small, but the largest is not separably worse' if small else 'disagrees')
+
 ASPECT_TOLERANCE = 0.03   # Kaplan et al.: the loss varies by "a few percent" over a wide range of shapes
 
 COLLAPSED = 1.25   # a seed whose final loss is above this multiple of the best variant's mean did not train (it collapsed)
@@ -262,11 +328,13 @@ RULES = (   # (rule, source, experiment, fn(result) -> (what was measured, verdi
     ('n_head x d_head = d_model', 'Vaswani et al. 2017; CS336 lecture 3', '15_head_dim',
      lambda r: _none_better(r, head_ratio_variant(1))),
     ('no dropout in one epoch; dropout when data repeats', 'CS336 lecture 3; Xue et al. 2023', '15_dropout', _dropout_rule),
+    ('a small model wants a small vocabulary (bits per byte, equal FLOPs)', 'Tao et al. 2024; CS336 lecture 3', '15_vocab', _vocab_rule),
 )
 
 # the grid experiments have no claims table: their course-table line is their rule's finding
 WEIGHT_DECAY_EXPERIMENT.headline = lambda r: ['{}: {}'.format(*_decay_rule(r))]
 WARMUP_EXPERIMENT.headline = lambda r: ['{}: {}'.format(*_warmup_rule(r))]
+VOCAB_EXPERIMENT.headline = lambda r: ['{} (bits per byte): {}'.format(*_vocab_rule(r))]   # losses per token do not compare across tokenizers
 
 def rules_table(scale: str = 'best', results=None) -> str:
     "The markdown table of `RULES`: per rule its source, experiment, what was measured and the verdict (or why there is none yet)."
