@@ -4,19 +4,23 @@
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #513b29e9
 from __future__ import annotations
+import math
+
+import numpy as np
 
 from ..hyperparameters import COSINE_PERIODS, DEPTHS, FFN_RATIOS, HEAD_RATIOS
 from ..experiments import (BUDGETS, SCALES, Experiment, RunSpec, axes_or_new, combine, compared_runs, config_value, grid,
                                 is_current, load_result, paired_difference, plot_title, register_experiment, stretch_run, summarize)
-from ..core import fmt_count
+from ..core import environment_info, fmt_count, git_commit
+from ..experiments import bits_per_byte, load_data, save_result
 
 # %% auto #0
 __all__ = ['SCHEDULES_EXPERIMENT', 'BATCH_SIZES', 'BATCH_EXPERIMENT', 'WEIGHT_DECAYS', 'WD_LR_FACTORS', 'WEIGHT_DECAY_EXPERIMENT',
            'WARMUPS', 'WARMUP_EXPERIMENT', 'FFN_RATIO_EXPERIMENT', 'ASPECT_EXPERIMENT', 'ASPECT_STABLE_EXPERIMENT',
            'HEADS_EXPERIMENT', 'HEAD_DIM_EXPERIMENT', 'REPEATED_TOKENS', 'DROPOUT_EXPERIMENT', 'VOCABS',
            'VOCAB_EXPERIMENT', 'ASPECT_TOLERANCE', 'COLLAPSED', 'RULES', 'equal_tokens_budget', 'head_ratio_variant',
-           'vocab_best', 'vocab_table', 'plot_vocab', 'grid_cells', 'best_per_row', 'best_per_row_table',
-           'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
+           'vocab_best', 'unigram_bits_per_byte', 'save_unigram_baselines', 'vocab_table', 'plot_vocab', 'grid_cells',
+           'best_per_row', 'best_per_row_table', 'plot_against_product', 'plot_shape', 'collapsed_seeds', 'rules_table']
 
 # %% ../../nbs/studies/15_hyperparameters.ipynb #2677af1f
 @BUDGETS.register('equal_tokens')
@@ -116,8 +120,8 @@ VOCAB_EXPERIMENT = register_experiment(Experiment(
 def _vocab_row(result: dict, variant: str) -> dict:
     "What the tokenizer of `variant` changes, from its first comparison run."
     r = next(r for r in compared_runs(result) if r['variant'] == variant)
-    v = r['val_split']
-    bpt = v['bytes'] / v['tokens'] if v and v.get('bytes') else None
+    f = r['final']   # bytes per token from the two final losses (a run reused from an older file has no byte count of its own)
+    bpt = f['val_loss'] / (f['val_bpb'] * math.log(2)) if f.get('val_bpb') else None
     T = r['train_config'].get('block_size') or r['model_config']['block_size']
     return dict(vocab=r['model_config']['vocab_size'], embedding=r['params']['embedding'], params=r['params']['total'],
                 bytes_per_token=bpt, context_bytes=T * bpt if bpt else None, steps=r['final']['steps'],
@@ -128,11 +132,30 @@ def vocab_best(result: dict, metric: str = 'val_bpb') -> str:
     rows = {v: s['mean'] for v, s in summarize(result, metric).items() if s['mean'] is not None}
     return min(rows, key=rows.get)
 
-def vocab_table(result: dict, metric: str = 'val_bpb') -> str:
-    "A markdown table per tokenizer: vocabulary, embedding parameters, bytes per token, context and training text in bytes, steps, LR, final bits per byte, and the paired difference to the best."
+def unigram_bits_per_byte(scale: str, tokenizer: str) -> dict:
+    "What knowing only the token frequencies buys: the validation split scored by the training split's unigram distribution (add-half smoothing), in nats per token and bits per byte."
+    tok, data = load_data(scale, tokenizer)
+    train, val = np.asarray(data.tokens('train')), np.asarray(data.tokens('val'))
+    counts = np.bincount(train, minlength=tok.vocab_size) + 0.5
+    nll = float(-np.log(counts[val] / counts.sum()).mean())
+    nbytes = len(tok.decode(val.tolist()).encode('utf-8'))
+    return dict(tokenizer=tok.name, vocab_size=tok.vocab_size, nats_per_token=nll, bits_per_byte=bits_per_byte(nll, len(val), nbytes))
+
+def save_unigram_baselines(scale: str = 'cpu', path=None) -> dict:
+    "`unigram_bits_per_byte` of every tokenizer of `VOCAB_EXPERIMENT` at `scale`, as a result file (`15_vocab_unigram`)."
+    res = dict(experiment='15_vocab_unigram', scale=scale, baselines={t: unigram_bits_per_byte(scale, t) for t in VOCABS},
+               environment=dict(environment_info(), git_commit=git_commit()))
+    if path is not None: save_result(res, path)
+    return res
+
+def vocab_table(result: dict, metric: str = 'val_bpb',
+                unigram: dict | None = None, # tokenizer -> `unigram_bits_per_byte`: adds what the model learned beyond it
+               ) -> str:
+    "A markdown table per tokenizer: vocabulary, embedding parameters, bytes per token, context and training text in bytes, steps, LR, final bits per byte, the paired difference to the best, and (given `unigram`) the gain over token frequencies alone."
     rows, best = summarize(result, metric), vocab_best(result, metric)
-    lines = ['| tokenizer | vocab | embedding params (share) | bytes / token | context (bytes) | steps | text trained on | LR | bits / byte (± sd) | vs best (95% CI) |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+    extra = ' unigram bits / byte | learned beyond it |' if unigram else ''
+    lines = ['| tokenizer | vocab | embedding params (share) | bytes / token | context (bytes) | steps | text trained on | LR | bits / byte (± sd) | vs best (95% CI) |' + extra,
+             '|---|---|---|---|---|---|---|---|---|---|' + ('---|---|' if unigram else '')]
     for v in result['variants']:
         s, t = rows[v], _vocab_row(result, v)
         if v == best: diff = '**best**'
@@ -141,7 +164,8 @@ def vocab_table(result: dict, metric: str = 'val_bpb') -> str:
             diff = f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] {d['verdict']}" if d['mean'] is not None else 'n/a'
         bpb = f"{s['mean']:.4f} ± {s['sd']:.4f}" if s['mean'] is not None else 'diverged'
         lines.append(f"| {v} | {t['vocab']:,} | {fmt_count(t['embedding'])} ({t['embedding'] / t['params']:.0%}) | {t['bytes_per_token']:.2f} | "
-                     f"{t['context_bytes']:.0f} | {t['steps']} | {fmt_count(t['train_bytes'])}B | {s['lr']:g} | {bpb} | {diff} |")
+                     f"{t['context_bytes']:.0f} | {t['steps']} | {fmt_count(t['train_bytes'])}B | {s['lr']:g} | {bpb} | {diff} |" +
+                     (f" {unigram[v]['bits_per_byte']:.4f} | {unigram[v]['bits_per_byte'] - s['mean']:+.4f} |" if unigram and s['mean'] is not None else ''))
     return '\n'.join(lines)
 
 def plot_vocab(result: dict, metric: str = 'val_bpb', ax=None):
