@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_cli.ipynb #5834253c
 from __future__ import annotations
-import argparse, json, math, sys, time
+import argparse, json, math, os, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from .tokenizer import corpus_tokenizer, tokenizer_from_dict
 from .model import MODEL_PRESETS, ModelConfig, Transformer
 from .generation import can_cache, generate
 from .training import TrainConfig, TrainingDiverged, model_from_checkpoint, split_overrides, train
+from .distributed import init_distributed, launched   # torchrun: several processes train one model (notebook 20)
 from . import experiments  # noqa: F401  (registers `tinylm experiment`)
 from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hyperparameters, scaling  # noqa: F401  (their experiments)
 
@@ -80,14 +81,24 @@ def resolve_run(args) -> tuple[RunPreset, ModelConfig, TrainConfig]:
 def cmd_train(args) -> int:
     "Train a model and leave a run folder with checkpoint, metrics, loss plot and a sample."
     preset, overrides, tcfg = resolve_run(args)
+    rank, world, local = launched()                    # (0, 1, 0) unless torchrun started this process
+    if world > 1 and tcfg.parallel == 'none':
+        raise ValueError(f"this is one of {world} processes started by torchrun, but parallel='none': each would train its own copy "
+                         "into the same folder; add --set parallel=ddp (or fsdp)")
+    say = print if rank == 0 else (lambda *a, **k: None)   # rank 0 alone talks
     corpus, spec = args.corpus or preset.corpus, args.tokenizer or preset.tokenizer
     model_name = args.model or preset.model
     MODEL_PRESETS.check(model_name, '--model')
     resolve_device(tcfg.device)  # fail before any data work if the device is wrong
     out = Path(args.out) if args.out else Path('runs') / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.preset}"
     t0 = time.perf_counter()
+    if world > 1:   # rank 0 builds the tokenizer and token files, the others then open them from the cache
+        dev0 = resolve_device(tcfg.device)
+        init_distributed(torch.device('cuda', local) if dev0.type == 'cuda' else dev0)
+        if rank: torch.distributed.barrier()
     tok = corpus_tokenizer(spec, corpus)
     data = prepare_dataset(corpus, tok)
+    if world > 1 and not rank: torch.distributed.barrier()
     vocab = overrides.pop('vocab_size', tok.vocab_size)   # the tokenizer's; a larger one pads the embedding, a smaller one cannot work
     if vocab < tok.vocab_size:
         raise ValueError(f'--set vocab_size={vocab} is smaller than the vocabulary of the tokenizer ({tok.name}: {tok.vocab_size} ids); '
@@ -99,14 +110,24 @@ def cmd_train(args) -> int:
         print(f'note: this corpus cannot spell the preset\'s sample prompt {prompt!r}, so the sample will start from nothing')
         prompt = ''
     with torch.device('meta'): n = count_params(Transformer(mcfg))   # shapes only, no memory
-    print(f'corpus {corpus!r}: {fmt_count(data.n_tokens("train"))} train / {fmt_count(data.n_tokens("val"))} val tokens '
+    say(f'corpus {corpus!r}: {fmt_count(data.n_tokens("train"))} train / {fmt_count(data.n_tokens("val"))} val tokens '
           f'({tok.name}, vocab {tok.vocab_size}); data ready in {time.perf_counter() - t0:.1f} s')
-    print(f"model {model_name}: {fmt_count(n['total'])} parameters ({fmt_count(n['non_embedding'])} non-embedding); "
+    say(f"model {model_name}: {fmt_count(n['total'])} parameters ({fmt_count(n['non_embedding'])} non-embedding); "
           f'{tcfg.max_steps} steps of {tcfg.batch_size}x{tcfg.block_size or mcfg.block_size} tokens on {resolve_device(tcfg.device)}')
-    res = train(mcfg, tcfg, data, out, tokenizer=tok, resume=args.resume,
-                corpus=str(corpus), preset=args.preset, model_preset=model_name)
+    try: res = train(mcfg, tcfg, data, out, tokenizer=tok, resume=args.resume,
+                     corpus=str(corpus), preset=args.preset, model_preset=model_name)
+    except (RuntimeError, torch.distributed.DistError) as e:
+        if world == 1 or isinstance(e, TrainingDiverged): raise
+        kept = f'the last checkpoint, {out / "ckpt.pt"}, is intact (rank 0 writes it atomically)' if (out / 'ckpt.pt').exists() else 'no checkpoint was written yet'
+        raise ValueError(f'rank {rank} of {world}: lost contact with the other processes ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
+                         f'{kept}; resume with --resume, on any number of processes') from None
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+        if rank: return 0                              # rank 0 samples and writes the summary
     dev = resolve_device(tcfg.device)
-    text = sample_text(res.model, tok, prompt, preset.sample_tokens, temperature=0.8, top_k=None,
+    model = res.model if world == 1 else model_from_checkpoint(out, dev)[0]   # a sharded model is whole only in the checkpoint
+    text = sample_text(model, tok, prompt, preset.sample_tokens, temperature=0.8, top_k=None,
                        seed=tcfg.seed, device=dev)
     with atomic_write(out / 'sample.txt', 'w') as f: f.write(text + '\n')
     summary = dict(preset=args.preset, model_preset=model_name, corpus=str(corpus), tokenizer=tok.name,
@@ -114,7 +135,7 @@ def cmd_train(args) -> int:
                    train_seconds=round(res.elapsed_s, 2), total_seconds=round(time.perf_counter() - t0, 2),
                    tokens_per_s=round(res.tokens_per_s, 1), uniform_loss=math.log(tok.vocab_size),
                    train_loss=res.train_loss, val_loss=res.val_loss, sample=text,
-                   model_config=mcfg.to_dict(), train_config=tcfg.to_dict(), **environment_info(dev))
+                   model_config=mcfg.to_dict(), train_config=tcfg.to_dict(), processes=world, **environment_info(dev))
     with atomic_write(out / 'summary.json', 'w') as f: json.dump(summary, f, indent=1)
     print(f'\ntrained {res.step} steps, {fmt_count(res.tokens)} tokens in {res.elapsed_s:.0f} s '
           f'({fmt_count(res.tokens_per_s)} tok/s; {time.perf_counter() - t0:.0f} s in all)')
@@ -231,3 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f'tinylm {args.command}: error: {e}', file=sys.stderr); return 2
     except KeyboardInterrupt:
         print('\ninterrupted', file=sys.stderr); return 130
+
+# %% ../nbs/05a_cli.ipynb #0a49c049
+#| eval: false
+if __name__ == '__main__': sys.exit(main())   # `python -m tinylm.cli ...`: what torchrun launches

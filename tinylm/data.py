@@ -314,6 +314,7 @@ class TokenDataset:
                   *, generator: torch.Generator | None = None, # seeded, it fixes the data order
                   device: str | torch.device = 'cpu', # where the batch goes
                   limit: int | None = None, # draw windows from the split's first `limit` tokens only (data that repeats)
+                  rows: slice | None = None, # keep only these rows of the batch drawn (one process's share; notebook 20)
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         "`batch_size` random windows of `split` (or of its first `limit` tokens): inputs x and targets y = x shifted by one token, int64 (B, T)."
         data = self._data[_check_split(split)]
@@ -326,6 +327,7 @@ class TokenDataset:
             raise ValueError(f'the {split!r} split has {len(data):,} tokens, too few for block_size={block_size} '
                              f'(a window needs block_size + 1 = {block_size + 1}); use a smaller block_size or more text')
         ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
+        if rows is not None: ix = ix[rows]   # the generator drew the whole batch, so every share comes from the same draw
         xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix]).astype(np.int64))  # (B, T+1)
         x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()  # (B, T) each
         device = torch.device(device)

@@ -19,12 +19,12 @@ from .core import (Registry, atomic_write, check_field_types, autocast, autocast
 from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_token
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RUN_FILES', 'MODEL_FIELDS', 'TRAIN_FIELDS',
-           'cross_entropy', 'clip_grad_norm', 'AdamW', 'TrainConfig', 'validate_train', 'warmup_multiplier',
-           'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules', 'param_groups',
-           'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint',
+__all__ = ['SCHEDULES', 'PARALLEL', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RUN_FILES', 'MODEL_FIELDS',
+           'TRAIN_FIELDS', 'cross_entropy', 'clip_grad_norm', 'AdamW', 'TrainConfig', 'validate_train',
+           'warmup_multiplier', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules',
+           'param_groups', 'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint',
            'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged',
-           'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Trainer', 'train',
+           'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Parallel', 'Trainer', 'train',
            'split_overrides']
 
 # %% ../nbs/05_training.ipynb #23c2161a
@@ -72,6 +72,7 @@ class AdamW(torch.optim.Optimizer):
 
 # %% ../nbs/05_training.ipynb #c00081bc
 SCHEDULES = Registry('schedule')  # (step, cfg) -> multiplier of cfg.lr
+PARALLEL = Registry('parallel')   # name -> a `Parallel` class: how a run uses processes (notebook 20 adds 'ddp' and 'fsdp')
 
 @dataclass
 class TrainConfig:
@@ -99,6 +100,7 @@ class TrainConfig:
     max_seconds: float | None = None  # also stop after this many seconds of training
     train_tokens: int | None = None  # train on the first this many tokens of the train split only (repeated data, notebook 15)
     progress: bool = True          # show a progress bar
+    parallel: str = 'none'         # how the run uses processes: 'none', or 'ddp' / 'fsdp' under torchrun (notebook 20)
 
     def __post_init__(self): validate_train(self)
     def to_dict(self) -> dict: return dataclasses.asdict(self)
@@ -130,6 +132,7 @@ def validate_train(cfg: TrainConfig) -> None:
     if cfg.dtype != 'auto' and cfg.dtype not in DTYPES: bad('dtype', f"is not allowed; allowed: 'auto', {', '.join(map(repr, DTYPES))}")
     if cfg.max_seconds is not None and not cfg.max_seconds > 0: bad('max_seconds', 'must be > 0 or None')
     SCHEDULES.check(cfg.schedule, 'TrainConfig.schedule')
+    PARALLEL.check(cfg.parallel, 'TrainConfig.parallel')
 
 # %% ../nbs/05_training.ipynb #23597801
 def warmup_multiplier(step: int, cfg: TrainConfig) -> float | None:
@@ -190,13 +193,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
 @torch.no_grad()
 def evaluate(model: nn.Module, data, split: str = 'val', iters: int = 20, batch_size: int = 32,
              block_size: int | None = None, device: str | torch.device = 'cpu', dtype: torch.dtype | None = None,
-             seed: int = 0) -> float:
+             seed: int = 0, rows: slice | None = None, # score only these rows of each batch (one process's share)
+            ) -> float:
     "Mean loss of `model` over `iters` batches of `split`, drawn with a fixed seed (the same windows at every call)."
     block_size = block_size or model.cfg.block_size
     gen, total = torch.Generator().manual_seed(seed), 0.0
     was_training = model.training; model.eval()
     for _ in range(iters):
-        x, y = data.get_batch(split, batch_size, block_size, generator=gen, device=device)
+        x, y = data.get_batch(split, batch_size, block_size, generator=gen, device=device, **({'rows': rows} if rows is not None else {}))
         with autocast(device, dtype): total += model(x, y)[1].item()
     model.train(was_training)
     return total / iters
@@ -241,12 +245,15 @@ def _upgrade_checkpoint(ckpt: dict) -> dict:
     return ckpt
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, step: int,
-                    train_cfg: TrainConfig | None = None, **extra) -> Path:
+                    train_cfg: TrainConfig | None = None,
+                    model_state: dict | None = None, # the weights to store, if not `model.state_dict()` (a sharded model's, gathered)
+                    optimizer_state: dict | None = None, # likewise for the optimizer
+                    **extra) -> Path:
     "Write a checkpoint atomically to `path` and return the path."
     ckpt = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, step=step,
-                model=model.state_dict(), model_config=model.cfg.to_dict(),
+                model=model_state if model_state is not None else model.state_dict(), model_config=model.cfg.to_dict(),
                 train_config=train_cfg.to_dict() if train_cfg else None,
-                optimizer=optimizer.state_dict() if optimizer else None, **extra)
+                optimizer=optimizer_state if optimizer_state is not None else optimizer.state_dict() if optimizer else None, **extra)
     with atomic_write(path) as f: torch.save(ckpt, f)
     return Path(path)
 
@@ -376,6 +383,32 @@ class TrainResult:
     tokens_per_s: float
     out_dir: Path | None = None
 
+# %% ../nbs/05_training.ipynb #4c1e3024
+class Parallel:
+    "One process: the strategy every run uses unless `TrainConfig.parallel` names another (notebook 20 registers 'ddp' and 'fsdp')."
+    rank, world_size = 0, 1
+    @property
+    def is_main(self) -> bool: return self.rank == 0   # the process that logs, shows progress and writes files
+    def device(self, device: torch.device) -> torch.device: return device
+    def wrap(self, model: nn.Module) -> nn.Module: return model          # the module forward/backward runs through
+    def rows(self, batch_size: int) -> slice:
+        "The rows of each global batch this process trains on (all of them here)."
+        if batch_size % self.world_size:
+            raise ValueError(f'TrainConfig.batch_size={batch_size} is the global batch: it must divide among {self.world_size} processes')
+        b = batch_size // self.world_size
+        return slice(self.rank * b, (self.rank + 1) * b)
+    def no_sync(self, wrapped: nn.Module, last: bool): return contextlib.nullcontext()  # around a micro-batch that is not the last
+    def mean(self, x: Tensor) -> Tensor: return x                         # the mean over processes
+    def clip(self, params, max_norm: float) -> Tensor: return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    def model_state(self, model: nn.Module) -> dict: return model.state_dict()
+    def optimizer_state(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict: return opt.state_dict()
+    def load_state(self, model: nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict) -> None:
+        model.load_state_dict(model_state); opt.load_state_dict(opt_state)
+    def barrier(self) -> None: pass
+    def close(self) -> None: pass
+
+PARALLEL.register('none')(Parallel)
+
 # %% ../nbs/05_training.ipynb #19816a6d
 class Trainer:
     "Trains a `Transformer` on a token dataset; see `train`."
@@ -389,12 +422,16 @@ class Trainer:
         if self.block_size > model_cfg.block_size:
             raise ValueError(f'TrainConfig.block_size={self.block_size} exceeds ModelConfig.block_size={model_cfg.block_size}')
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.device = resolve_device(cfg.device)
+        self.par = PARALLEL[cfg.parallel]()             # one process, or this rank of several (notebook 20)
+        rows = self.par.rows(cfg.batch_size)            # the rows of every global batch this process trains on
+        self.shard = {'rows': rows} if self.par.world_size > 1 else {}   # one process passes nothing: any `get_batch` will do
+        self.device = self.par.device(resolve_device(cfg.device))
         self.dtype = autocast_dtype(self.device) if cfg.dtype == 'auto' else DTYPES[cfg.dtype]
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed)                        # the same seed on every rank: the same initial weights
         self.model = Transformer(model_cfg).to(self.device)
-        self.opt = make_optimizer(self.model, cfg, self.device)
-        self.fwd = torch.compile(self.model) if cfg.compile else self.model
+        wrapped = self.par.wrap(self.model)              # DDP wraps it; FSDP shards it in place; one process leaves it
+        self.opt = make_optimizer(self.model, cfg, self.device)   # after wrapping: a sharded model has new parameters
+        self.fwd = torch.compile(wrapped) if cfg.compile else wrapped
         self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self.step, self.tokens, self.elapsed, self.records = 0, 0, 0.0, []
         self._mid_step = False   # True while `train_step` runs: an interrupt there leaves no exact resume point
@@ -414,14 +451,16 @@ class Trainer:
         lr = lr_at(self.step, self.cfg)
         for g in self.opt.param_groups: g['lr'] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(self.cfg.grad_accum):
+        limit = {'limit': self.cfg.train_tokens} if self.cfg.train_tokens is not None else {}
+        for i in range(self.cfg.grad_accum):
             x, y = self.data.get_batch('train', self.cfg.batch_size, self.block_size, generator=self.data_gen, device=self.device,
-                                       **({'limit': self.cfg.train_tokens} if self.cfg.train_tokens is not None else {}))
-            with autocast(self.device, self.dtype): _, loss = self.fwd(x, y)
-            (loss / self.cfg.grad_accum).backward()   # the accumulated gradient is the mean over the whole batch
+                                       **self.shard, **limit)   # every rank draws the same global batch and keeps its rows
+            with self.par.no_sync(self.fwd, last=i == self.cfg.grad_accum - 1):   # gradients are averaged over ranks once per step
+                with autocast(self.device, self.dtype): _, loss = self.fwd(x, y)
+                (loss / self.cfg.grad_accum).backward()   # the accumulated gradient is the mean over the whole batch
             loss_sum += loss.detach()                 # stays on the device: no sync until the next log line
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float('inf')
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = self.par.clip(self.model.parameters(), clip)   # the norm of the whole (averaged) gradient
         self.opt.step(); self.opt.zero_grad(set_to_none=True)
         self.step += 1; self.tokens += self.tokens_per_step
         self._mid_step = False
@@ -430,19 +469,19 @@ class Trainer:
     # -- the run -------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
         "Lock the run folder, resume if asked, then train until max_steps (or max_seconds), logging, evaluating and checkpointing."
-        with run_folder_lock(self.out_dir), deferred_interrupt() as interrupted:
+        with run_folder_lock(self.out_dir if self.par.is_main else None), deferred_interrupt() as interrupted:
             self._resume_or_start(resume)
-            cfg, bar = self.cfg, tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.cfg.progress,
+            cfg, bar = self.cfg, tqdm(total=self.cfg.max_steps, initial=self.step, disable=not (self.cfg.progress and self.par.is_main),
                                       unit='step', dynamic_ncols=True)
             self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]  # loss sum, steps, time, tokens
             try:
-                while self.step < cfg.max_steps and (cfg.max_seconds is None or self.elapsed < cfg.max_seconds):
+                while self.step < cfg.max_steps and (cfg.max_seconds is None or self._seconds() < cfg.max_seconds):
                     t0 = time.perf_counter()
                     loss, gnorm = self.train_step()
                     self._window[0] += loss; self._window[1] += 1
                     last = self.step == cfg.max_steps
                     log_now = self.step % cfg.log_interval == 0 or self.step % cfg.eval_interval == 0 or last
-                    if log_now: train_loss, gn = (self._window[0] / self._window[1]).item(), gnorm.item()  # the one sync per line
+                    if log_now: train_loss, gn = self.par.mean(self._window[0] / self._window[1]).item(), gnorm.item()  # the one sync per line
                     self.elapsed += time.perf_counter() - t0   # training time only: evaluation is not counted
                     bar.update(1)
                     if log_now:
@@ -456,6 +495,11 @@ class Trainer:
             bar.close()
             return self._finish()
 
+    def _seconds(self) -> float:
+        "Training seconds so far; with several processes their mean, so every rank stops at the same step."
+        if self.par.world_size == 1: return self.elapsed
+        return self.par.mean(torch.tensor(float(self.elapsed), device=self.device)).item()
+
     def _on_interrupt(self) -> None:
         "Checkpoint if the interrupt came between steps (an exact resume point); mid-step, keep the last checkpoint."
         if not self.ckpt_path: return
@@ -466,12 +510,12 @@ class Trainer:
             self.checkpoint(); print(f'interrupted at step {self.step}; saved {self.ckpt_path} (resume=True continues)')
 
     def _resume_or_start(self, resume: bool) -> None:
-        if self.out_dir:
+        if self.out_dir and self.par.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             for name in RUN_FILES:   # temp files of writes a kill cut short (we hold the lock, so no write is in flight)
                 for tmp in self.out_dir.glob(f'.{name}.*.tmp'): tmp.unlink(missing_ok=True)
         if resume and self.resume(): return
-        if self.metrics_path and self.metrics_path.exists():   # a fresh run (or one with no checkpoint to resume) starts a fresh log
+        if self.metrics_path and self.metrics_path.exists() and self.par.is_main:   # a fresh run (or one with no checkpoint to resume) starts a fresh log
             if resume: print(f'no checkpoint in {self.out_dir}: starting from step 0, replacing the metrics.jsonl of the run that left no checkpoint')
             self.metrics_path.unlink()
 
@@ -519,7 +563,8 @@ class Trainer:
     def evaluate(self) -> float:
         "Validation loss on the fixed batches, plus every probe (notebook 13), logged as one record."
         v = evaluate(self.model, self.data, 'val', self.cfg.eval_iters, self.cfg.batch_size, self.block_size,
-                     self.device, self.dtype)
+                     self.device, self.dtype, **self.shard)
+        if self.par.world_size > 1: v = self.par.mean(torch.tensor(v, device=self.device)).item()   # each rank scored its rows
         rec = dict(step=self.step, tokens=self.tokens, val_loss=v, elapsed_s=round(self.elapsed, 3))
         for name, probe in self.probes.items(): rec[name] = probe(self)
         self.log(rec)
@@ -528,17 +573,19 @@ class Trainer:
     # -- state on disk -------------------------------------------------------------------------
     def log(self, record: dict) -> None:
         self.records.append(record)
-        if self.metrics_path:
+        if self.metrics_path and self.par.is_main:
             with open(self.metrics_path, 'a') as f: f.write(json.dumps(record) + '\n')
 
     def checkpoint(self) -> Path | None:
         "Save model, optimizer, step, both random states and the tokenizer to `ckpt.pt` (atomically)."
         if self.ckpt_path is None: return None
+        states = self.par.model_state(self.model), self.par.optimizer_state(self.model, self.opt)   # every rank: gathering is collective
+        if not self.par.is_main: return None                           # rank 0 alone writes
         extra = dict(tokens=self.tokens, elapsed=self.elapsed, data_rng=self.data_gen.get_state(),
                      torch_rng=torch.get_rng_state(), **self.extra)
         if self.device.type == 'cuda': extra['cuda_rng'] = torch.cuda.get_rng_state(self.device)
         if self.tokenizer is not None: extra['tokenizer'] = json.dumps(self.tokenizer.to_dict())
-        return save_checkpoint(self.ckpt_path, self.model, self.opt, self.step, self.cfg, **extra)
+        return save_checkpoint(self.ckpt_path, self.model, self.opt, self.step, self.cfg, *states, **extra)
 
     def resume(self) -> bool:
         "Restore everything `checkpoint` saved and drop metric lines written after it; False if there is no checkpoint."
@@ -546,13 +593,15 @@ class Trainer:
         ckpt = load_checkpoint(self.ckpt_path)
         if ckpt['model_config'] != self.model.cfg.to_dict():
             raise ValueError(f'cannot resume from {self.ckpt_path}: it was trained with a different ModelConfig')
-        self.model.load_state_dict(ckpt['model']); self.opt.load_state_dict(ckpt['optimizer'])
+        self.par.load_state(self.model, self.opt, ckpt['model'], ckpt['optimizer'])   # a checkpoint of any number of processes
         self.step, self.tokens, self.elapsed = ckpt['step'], ckpt['tokens'], ckpt['elapsed']
         self.data_gen.set_state(ckpt['data_rng']); torch.set_rng_state(ckpt['torch_rng'])
         if 'cuda_rng' in ckpt and self.device.type == 'cuda': torch.cuda.set_rng_state(ckpt['cuda_rng'], self.device)
         if self.metrics_path and self.metrics_path.exists():
             self.records = [r for r in read_metrics(self.metrics_path, torn_tail=True) if r['step'] <= self.step]
-            with atomic_write(self.metrics_path, 'w') as f: f.writelines(json.dumps(r) + '\n' for r in self.records)
+            if self.par.is_main:
+                with atomic_write(self.metrics_path, 'w') as f: f.writelines(json.dumps(r) + '\n' for r in self.records)
+        self.par.barrier()   # no rank reads the metrics file while rank 0 rewrites it
         return True
 
 # %% ../nbs/05_training.ipynb #7dfa44bd
@@ -568,7 +617,7 @@ def train(model_cfg: ModelConfig, # what to train
     "Train a model from scratch (or resume it) and return a `TrainResult`."
     trainer = Trainer(model_cfg, cfg, data, out_dir, tokenizer, extra, probes)
     result = trainer.fit(resume)
-    if out_dir is not None: save_loss_plot(result.records, Path(out_dir) / 'loss.png')
+    if out_dir is not None and trainer.par.is_main: save_loss_plot(result.records, Path(out_dir) / 'loss.png')
     return result
 
 # %% ../nbs/05_training.ipynb #013d2891
