@@ -20,11 +20,11 @@ from .model import MODEL_PRESETS, ModelConfig, Transformer, model_flops_per_toke
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'PARALLEL', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'RUN_FILES', 'MODEL_FIELDS',
-           'TRAIN_FIELDS', 'cross_entropy', 'clip_grad_norm', 'AdamW', 'TrainConfig', 'validate_train',
+           'TRAIN_FIELDS', 'cross_entropy', 'clip_grad_norm', 'AdamW', 'TrainConfig', 'validate_train', 'Parallel',
            'warmup_multiplier', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules',
            'param_groups', 'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint',
            'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged',
-           'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Parallel', 'Trainer', 'train',
+           'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Trainer', 'train',
            'split_overrides']
 
 # %% ../nbs/05_training.ipynb #23c2161a
@@ -133,6 +133,32 @@ def validate_train(cfg: TrainConfig) -> None:
     if cfg.max_seconds is not None and not cfg.max_seconds > 0: bad('max_seconds', 'must be > 0 or None')
     SCHEDULES.check(cfg.schedule, 'TrainConfig.schedule')
     PARALLEL.check(cfg.parallel, 'TrainConfig.parallel')
+
+# %% ../nbs/05_training.ipynb #4c1e3024
+class Parallel:
+    "One process: the strategy every run uses unless `TrainConfig.parallel` names another (notebook 20 registers 'ddp' and 'fsdp')."
+    rank, world_size = 0, 1
+    @property
+    def is_main(self) -> bool: return self.rank == 0   # the process that logs, shows progress and writes files
+    def device(self, device: torch.device) -> torch.device: return device
+    def wrap(self, model: nn.Module) -> nn.Module: return model          # the module forward/backward runs through
+    def rows(self, batch_size: int) -> slice:
+        "The rows of each global batch this process trains on (all of them here)."
+        if batch_size % self.world_size:
+            raise ValueError(f'TrainConfig.batch_size={batch_size} is the global batch: it must divide among {self.world_size} processes')
+        b = batch_size // self.world_size
+        return slice(self.rank * b, (self.rank + 1) * b)
+    def no_sync(self, wrapped: nn.Module, last: bool): return contextlib.nullcontext()  # around a micro-batch that is not the last
+    def mean(self, x: Tensor) -> Tensor: return x                         # the mean over processes
+    def clip(self, params, max_norm: float) -> Tensor: return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    def model_state(self, model: nn.Module) -> dict: return model.state_dict()
+    def optimizer_state(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict: return opt.state_dict()
+    def load_state(self, model: nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict) -> None:
+        model.load_state_dict(model_state); opt.load_state_dict(opt_state)
+    def barrier(self) -> None: pass
+    def close(self) -> None: pass
+
+PARALLEL.register('none')(Parallel)
 
 # %% ../nbs/05_training.ipynb #23597801
 def warmup_multiplier(step: int, cfg: TrainConfig) -> float | None:
@@ -382,32 +408,6 @@ class TrainResult:
     elapsed_s: float
     tokens_per_s: float
     out_dir: Path | None = None
-
-# %% ../nbs/05_training.ipynb #4c1e3024
-class Parallel:
-    "One process: the strategy every run uses unless `TrainConfig.parallel` names another (notebook 20 registers 'ddp' and 'fsdp')."
-    rank, world_size = 0, 1
-    @property
-    def is_main(self) -> bool: return self.rank == 0   # the process that logs, shows progress and writes files
-    def device(self, device: torch.device) -> torch.device: return device
-    def wrap(self, model: nn.Module) -> nn.Module: return model          # the module forward/backward runs through
-    def rows(self, batch_size: int) -> slice:
-        "The rows of each global batch this process trains on (all of them here)."
-        if batch_size % self.world_size:
-            raise ValueError(f'TrainConfig.batch_size={batch_size} is the global batch: it must divide among {self.world_size} processes')
-        b = batch_size // self.world_size
-        return slice(self.rank * b, (self.rank + 1) * b)
-    def no_sync(self, wrapped: nn.Module, last: bool): return contextlib.nullcontext()  # around a micro-batch that is not the last
-    def mean(self, x: Tensor) -> Tensor: return x                         # the mean over processes
-    def clip(self, params, max_norm: float) -> Tensor: return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    def model_state(self, model: nn.Module) -> dict: return model.state_dict()
-    def optimizer_state(self, model: nn.Module, opt: torch.optim.Optimizer) -> dict: return opt.state_dict()
-    def load_state(self, model: nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict) -> None:
-        model.load_state_dict(model_state); opt.load_state_dict(opt_state)
-    def barrier(self) -> None: pass
-    def close(self) -> None: pass
-
-PARALLEL.register('none')(Parallel)
 
 # %% ../nbs/05_training.ipynb #19816a6d
 class Trainer:
