@@ -126,3 +126,12 @@ def test_a_busy_run_folder_is_one_clear_line(capsys, tmp_path):
         rc, out, err = run(capsys, 'train', '--preset', 'tiny', '--out', str(tmp_path / 'run'), '--no-progress')
     assert rc == 2 and err.strip().startswith('tinylm train: error: run folder') and 'is in use by another tinylm process' in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_train_help_lists_every_choice(capsys):
+    with pytest.raises(SystemExit) as e: main(['train', '--help'])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ('run presets (--preset): default, tiny, gpu', 'baseline_2017', 'modern', 'kjv', 'pystdlib', "'bpe:N'",
+                 'n_layer', 'warmup_steps', 'cosine', 'wsd', 'ddp', 'fsdp'):
+        assert name in out, f'{name!r} is not in `tinylm train --help`'

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_cli.ipynb #5834253c
 from __future__ import annotations
-import argparse, json, math, os, sys, time
+import argparse, json, math, os, sys, textwrap, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,18 +12,18 @@ import torch
 
 from .core import COMMANDS, Command, Registry, atomic_write, count_params, environment_info, fmt_count, parse_assignments, resolve_device
 from .data import CORPORA, prepare_dataset
-from .tokenizer import corpus_tokenizer, tokenizer_from_dict
+from .tokenizer import TOKENIZER_SPECS, corpus_tokenizer, tokenizer_from_dict
 from .model import MODEL_PRESETS, ModelConfig, Transformer
 from .generation import can_cache, generate
-from .training import TrainConfig, TrainingDiverged, model_from_checkpoint, split_overrides, train
+from .training import MODEL_FIELDS, PARALLEL, SCHEDULES, TRAIN_FIELDS, TrainConfig, TrainingDiverged, model_from_checkpoint, split_overrides, train
 from .distributed import init_distributed, launched   # torchrun: several processes train one model (notebook 20)
 from . import experiments  # noqa: F401  (registers `tinylm experiment`)
 from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hyperparameters, scaling  # noqa: F401  (their experiments)
 
 # %% auto #0
 __all__ = ['RUN_PRESETS', 'positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'probability', 'RunPreset',
-           'resolve_run', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora', 'cmd_presets', 'build_parser',
-           'main']
+           'resolve_run', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora', 'cmd_presets', 'train_help_epilog',
+           'build_parser', 'main']
 
 # %% ../nbs/05a_cli.ipynb #f9ba567d
 @dataclass
@@ -198,7 +198,20 @@ positive_float = _arg_type(float, lambda v: v > 0, 'a positive number')
 non_negative_float = _arg_type(float, lambda v: v >= 0, 'a non-negative number')
 probability = _arg_type(float, lambda v: 0 < v <= 1, 'a number in (0, 1]')
 
+def train_help_epilog(width: int = 100) -> str:
+    "What `tinylm train --help` lists after the options: the names every choice accepts, read from the registries."
+    def wrap(label, items): return textwrap.fill(', '.join(items), width, initial_indent=f'{label}: ', subsequent_indent='  ')
+    return '\n'.join([
+        wrap('run presets (--preset)', RUN_PRESETS), wrap('model presets (--model)', MODEL_PRESETS),
+        wrap('corpora (--corpus)', [*CORPORA, 'or a text file, a folder, an http(s):// URL']),
+        wrap('tokenizers (--tokenizer)', [TOKENIZER_SPECS]),
+        wrap('ModelConfig fields (--set)', sorted(MODEL_FIELDS)), wrap('TrainConfig fields (--set)', sorted(TRAIN_FIELDS)),
+        wrap('schedules (--set schedule=...)', SCHEDULES),
+        wrap('parallel (--set parallel=...)', [*PARALLEL, 'the last two under torchrun (notebook 20)'])])
+
 def _train_args(p):
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = train_help_epilog()
     p.add_argument('--preset', default='default', help='run preset (see `tinylm presets`; default: %(default)s)')
     p.add_argument('--corpus', help="corpus name, text file, folder or URL (default: the preset's; see `tinylm corpora`)")
     p.add_argument('--tokenizer', help="'char', 'bpe', 'bpe:N' (vocab N), 'gpt2' or a tokenizer .json (default: the preset's)")
@@ -209,7 +222,7 @@ def _train_args(p):
     p.add_argument('--max-steps', type=positive_int, help='optimizer steps')
     p.add_argument('--max-seconds', type=positive_float, help='also stop after this many seconds of training')
     p.add_argument('--lr', type=positive_float, help='peak learning rate')
-    p.add_argument('--batch-size', type=positive_int, help='sequences per micro-batch')
+    p.add_argument('--batch-size', type=positive_int, help='sequences per micro-batch, all processes together')
     p.add_argument('--seed', type=non_negative_int, help='seed for init, dropout and data order')
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')

@@ -78,7 +78,7 @@ PARALLEL = Registry('parallel')   # name -> a `Parallel` class: how a run uses p
 class TrainConfig:
     "How to train: optimizer, schedule, batch, budget, evaluation, checkpoints and device."
     max_steps: int = 1000          # optimizer steps; the cosine period
-    batch_size: int = 32           # sequences per micro-batch
+    batch_size: int = 32           # sequences per micro-batch (the global batch: all processes together)
     block_size: int | None = None  # training context length; None = the model's block_size
     grad_accum: int = 1            # micro-batches per optimizer step
     lr: float = 1e-3               # peak learning rate
