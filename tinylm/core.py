@@ -274,4 +274,4 @@ def fmt_count(n: float) -> str:
     "Format a count with a k/M/B/T suffix: `fmt_count(124_439_808) == '124.4M'`."
     for div, suf in ((1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'k')):
         if abs(n) >= div: return f'{n/div:.1f}{suf}'
-    return f'{n:g}'
+    return f'{n:.4g}' if isinstance(n, float) else f'{n:g}'   # 978.7, not 978.681: the same precision as '1.8k'

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_training.ipynb #44252308
 from __future__ import annotations
-import contextlib, dataclasses, json, math, os, signal, threading, time
+import contextlib, dataclasses, json, math, os, signal, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +24,8 @@ __all__ = ['SCHEDULES', 'PARALLEL', 'DTYPES', 'CHECKPOINT_FORMAT', 'CHECKPOINT_V
            'warmup_multiplier', 'cosine_schedule', 'noam_schedule', 'constant_schedule', 'lr_at', 'plot_schedules',
            'param_groups', 'make_optimizer', 'evaluate', 'evaluate_split', 'save_checkpoint', 'load_checkpoint',
            'model_from_checkpoint', 'read_metrics', 'plot_metrics', 'save_loss_plot', 'TrainingDiverged',
-           'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'Trainer', 'train',
-           'split_overrides']
+           'RunFolderInUse', 'run_folder_lock', 'deferred_interrupt', 'TrainResult', 'PlainProgress', 'progress_bar',
+           'Trainer', 'train', 'split_overrides']
 
 # %% ../nbs/05_training.ipynb #23c2161a
 def cross_entropy(logits: Tensor, # (..., V) unnormalized scores
@@ -409,6 +409,23 @@ class TrainResult:
     tokens_per_s: float
     out_dir: Path | None = None
 
+# %% ../nbs/05_training.ipynb #4a1c0e92
+class PlainProgress:
+    "Progress for a log file or pipe: a plain line each time the loop reports (every log interval), not a redrawn bar."
+    def __init__(self, total: int, initial: int = 0, file=None):
+        self.total, self.n, self.file, self.t0 = total, initial, file, time.perf_counter()
+    def update(self, k: int = 1) -> None: self.n += k
+    def set_postfix(self, **fields) -> None:
+        line = f'step {self.n}/{self.total} ' + ' '.join(f'{k}={v}' for k, v in fields.items()) + f' ({time.perf_counter() - self.t0:.0f} s)'
+        print(line, file=self.file or sys.stderr, flush=True)
+    def close(self) -> None: pass
+
+def progress_bar(total: int, initial: int = 0, enabled: bool = True, file=None):
+    "A tqdm bar on a terminal, `PlainProgress` lines into a file or pipe, or a silent bar when not `enabled`."
+    stream = file or sys.stderr
+    if enabled and not (hasattr(stream, 'isatty') and stream.isatty()): return PlainProgress(total, initial, stream)
+    return tqdm(total=total, initial=initial, disable=not enabled, unit='step', dynamic_ncols=True, file=stream)
+
 # %% ../nbs/05_training.ipynb #19816a6d
 class Trainer:
     "Trains a `Transformer` on a token dataset; see `train`."
@@ -471,8 +488,7 @@ class Trainer:
         "Lock the run folder, resume if asked, then train until max_steps (or max_seconds), logging, evaluating and checkpointing."
         with run_folder_lock(self.out_dir if self.par.is_main else None), deferred_interrupt() as interrupted:
             self._resume_or_start(resume)
-            cfg, bar = self.cfg, tqdm(total=self.cfg.max_steps, initial=self.step, disable=not (self.cfg.progress and self.par.is_main),
-                                      unit='step', dynamic_ncols=True)
+            cfg, bar = self.cfg, progress_bar(self.cfg.max_steps, self.step, self.cfg.progress and self.par.is_main)
             self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]  # loss sum, steps, time, tokens
             try:
                 while self.step < cfg.max_steps and (cfg.max_seconds is None or self._seconds() < cfg.max_seconds):
