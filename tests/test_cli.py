@@ -135,3 +135,14 @@ def test_train_help_lists_every_choice(capsys):
     for name in ('run presets (--preset): default, tiny, gpu', 'baseline_2017', 'modern', 'kjv', 'pystdlib', "'bpe:N'",
                  'n_layer', 'warmup_steps', 'cosine', 'wsd', 'ddp', 'fsdp'):
         assert name in out, f'{name!r} is not in `tinylm train --help`'
+
+
+def test_threads_are_set_and_checked(capsys, tmp_path):
+    import torch
+    before = torch.get_num_threads()
+    try:
+        rc, out, err = run(capsys, 'train', '--preset', 'tiny', '--out', str(tmp_path / 'r'), '--no-progress', '--max-steps', '2', '--threads', '1')
+        assert rc == 0 and torch.get_num_threads() == 1
+    finally: torch.set_num_threads(before)
+    with pytest.raises(SystemExit): main(['train', '--threads', '0'])
+    assert "argument --threads: '0' is not a positive integer" in capsys.readouterr().err

@@ -86,6 +86,7 @@ def cmd_train(args) -> int:
         raise ValueError(f"this is one of {world} processes started by torchrun, but parallel='none': each would train its own copy "
                          "into the same folder; add --set parallel=ddp (or fsdp)")
     say = print if rank == 0 else (lambda *a, **k: None)   # rank 0 alone talks
+    if args.threads is not None: torch.set_num_threads(args.threads)
     corpus, spec = args.corpus or preset.corpus, args.tokenizer or preset.tokenizer
     model_name = args.model or preset.model
     MODEL_PRESETS.check(model_name, '--model')
@@ -226,6 +227,7 @@ def _train_args(p):
     p.add_argument('--seed', type=non_negative_int, help='seed for init, dropout and data order')
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--threads', type=positive_int, help="torch's CPU threads for this process (default: torch's choice, one per core)")
     p.add_argument('--out', help='run folder (default: runs/TIMESTAMP-PRESET)')
     p.add_argument('--resume', action='store_true', help='continue from OUT/ckpt.pt')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
