@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_distributed.ipynb #ec35fdec
 from __future__ import annotations
-import contextlib, datetime, json, os, shutil, socket, subprocess, sys
+import contextlib, datetime, json, os, socket, subprocess, sys
 from pathlib import Path
 
 import torch
@@ -72,10 +72,8 @@ class DDP(Parallel):
         dist.all_reduce(y)        # a sum (gloo has no AVG)
         return y / self.world_size
     def barrier(self) -> None: dist.barrier()
-    def close(self) -> None:
-        if dist.is_initialized(): dist.destroy_process_group()
 
-PARALLEL.register('ddp')(DDP)
+PARALLEL.register('ddp')(DDP);
 
 # %% ../nbs/20_distributed.ipynb #0a6f3e5b
 def _param_names(model: nn.Module, opt: torch.optim.Optimizer) -> list[str]:
@@ -130,7 +128,7 @@ class FSDP(DDP):
         set_model_state_dict(model, model_state, options=full)
         set_optimizer_state_dict(model, opt, _by_name(opt_state, _param_names(model, opt)), options=full)
 
-PARALLEL.register('fsdp')(FSDP)
+PARALLEL.register('fsdp')(FSDP);
 
 # %% ../nbs/20_distributed.ipynb #a11a1b83
 def _local_bytes(t) -> int:

@@ -156,9 +156,8 @@ class Parallel:
     def load_state(self, model: nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict) -> None:
         model.load_state_dict(model_state); opt.load_state_dict(opt_state)
     def barrier(self) -> None: pass
-    def close(self) -> None: pass
 
-PARALLEL.register('none')(Parallel)
+PARALLEL.register('none')(Parallel);
 
 # %% ../nbs/05_training.ipynb #23597801
 def warmup_multiplier(step: int, cfg: TrainConfig) -> float | None:
