@@ -830,12 +830,14 @@ EXPERIMENTS = Registry('experiment')   # name -> Experiment or Benchmark
 
 @dataclass
 class Benchmark:
-    "A registered measurement that is not a training comparison (a timing, a memory count): `run(scale, device) -> dict`."
+    "A registered measurement that is not a training comparison (a timing, a memory count, a bespoke study): `run(scale, device) -> dict`."
     name: str                      # result file stem, e.g. '12_decode_speed'
     run: Callable                  # (scale: str, device: str | None) -> the result dict (environment included)
     description: str = ''
     notebook: str | None = None
     headline: Callable | None = None  # (result) -> short lines stating what it found, for course tables
+    resumable: bool = False        # `run` also takes `previous=` (the partial result, or None) and `save=` (called with each partial result)
+    plan: Callable | None = None   # (scale) -> lines describing what a run will do, for `--dry-run`
 
 def register_experiment(exp: Experiment | Benchmark) -> Experiment | Benchmark:
     "Add `exp` to `EXPERIMENTS` (so `tinylm experiment` finds it) and return it."
@@ -844,14 +846,23 @@ def register_experiment(exp: Experiment | Benchmark) -> Experiment | Benchmark:
 
 def run_benchmark(bench: Benchmark, scale: str = 'tiny', *, results: str | Path | None = None, force: bool = False,
                   device: str | None = None, verbose: bool = True) -> dict:
-    "Run `bench` at `scale` unless its result file exists (or `force`), and write the result file at persisting scales."
+    "Run `bench` at `scale` unless its result file exists (or `force`), and write the result file at persisting scales; a resumable benchmark's partial file is finished, not redone."
     SCALES.check(scale)
-    path = result_path(bench.name, scale, results)
-    if SCALES[scale].persist and path.exists() and not force:
+    path, persist = result_path(bench.name, scale, results), SCALES[scale].persist
+    previous = read_result(path) if persist and path.exists() and not force else None
+    if previous is not None and not previous.get('partial'):
         if verbose: print(f'{bench.name} at {scale} scale: already measured ({path}); --force measures again')
-        return read_result(path)
-    result = dict(bench.run(scale, device), experiment=bench.name, notebook=bench.notebook, description=bench.description, scale=scale)
-    if SCALES[scale].persist: save_result(result, path)
+        return previous
+    stamp = dict(experiment=bench.name, notebook=bench.notebook, description=bench.description, scale=scale)
+    kw = {}
+    if bench.resumable:
+        def save(partial: dict):   # each finished piece lands on disk at once: an interrupted run loses only the piece in progress
+            if persist: save_result(dict(partial, **stamp, partial=True), path)
+        kw = dict(previous=previous, save=save)
+        if previous is not None and verbose: print(f'{bench.name} at {scale} scale: finishing the partial result in {path}')
+    result = dict(bench.run(scale, device, **kw), **stamp)
+    result.pop('partial', None)
+    if persist: save_result(result, path)
     return result
 
 def find_experiments(query: str) -> list[Experiment | Benchmark]:
@@ -897,7 +908,10 @@ def cmd_experiment(args) -> int:
     except ValueError: raise ValueError(f'--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2') from None
     for exp in exps:
         if isinstance(exp, Benchmark):
-            if args.dry_run: print(f'{exp.name} at {args.scale} scale: a benchmark (timed when it runs)'); continue
+            if args.dry_run:
+                print(f'{exp.name} at {args.scale} scale: ' + ('a benchmark (timed when it runs)' if exp.plan is None else 'a study of its own:'))
+                for line in (exp.plan(args.scale) if exp.plan is not None else []): print('  ' + line)
+                continue
             run_benchmark(exp, args.scale, results=args.results, force=args.force, device=args.device)
             if SCALES[args.scale].persist: print(f'wrote {result_path(exp.name, args.scale, args.results)}')
             continue
@@ -951,6 +965,8 @@ def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
             found = [f'made by an older harness (one LR for all, random eval windows): not yet re-run with `tinylm experiment {e.name}`'
                      if not all(r.get('fingerprint', {}).get('harness') == HARNESS_VERSION for r in res['runs'].values())
                      else f'interrupted mid-way ({len(res["runs"])} runs so far): `tinylm experiment {e.name}` finishes it']
+        elif isinstance(e, Benchmark) and res.get('partial'):
+            found = [f'interrupted mid-way: `tinylm experiment {e.name}` finishes it']
         elif not (found := headline(res, e)): continue
         lines.append(f"| [{e.notebook}]({e.notebook}.ipynb) | `{e.name}` | {res['scale']} | {'<br>'.join(map(_cell, found))} |")
     return '\n'.join(lines)
