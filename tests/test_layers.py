@@ -6,8 +6,8 @@ PKG = pathlib.Path(tinylm.__file__).parent
 # lowest first; a module may import only modules that come earlier in this list
 LAYERS = ['core', 'data', 'tokenizer', 'attention', 'model', 'generation', 'training',
           'prenorm', 'rmsnorm', 'no_bias', 'glu', 'positions', 'gqa', 'stability', 'modern', 'hf', 'hyperparameters',
-          'experiments', 'scaling', 'knowledge', 'dynamics', 'studies.baseline', 'studies.prenorm', 'studies.rmsnorm', 'studies.no_bias', 'studies.glu',
-          'studies.positions', 'studies.gqa', 'studies.stability', 'studies.modern', 'studies.hyperparameters', 'studies.scaling', 'studies.knowledge', 'studies.dynamics', 'distributed', 'cli', '__init__']
+          'experiments', 'scaling', 'knowledge', 'cramming', 'dynamics', 'studies.baseline', 'studies.prenorm', 'studies.rmsnorm', 'studies.no_bias', 'studies.glu',
+          'studies.positions', 'studies.gqa', 'studies.stability', 'studies.modern', 'studies.hyperparameters', 'studies.scaling', 'studies.knowledge', 'studies.cramming', 'studies.dynamics', 'distributed', 'cli', '__init__']
 
 def module_name(path: pathlib.Path) -> str:
     rel = path.relative_to(PKG).with_suffix('')

@@ -11,7 +11,7 @@ __all__ = []
 # commands, experiments) holds every variant the course teaches; the names below are the public API,
 # everything else stays module-qualified (`tinylm.positions.RoPE`, `tinylm.studies.gqa.decode_benchmark`).
 from . import (core, data, tokenizer, attention, model, generation, training,
-                    prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hf, hyperparameters, experiments, scaling, knowledge, dynamics, studies, distributed, cli)
+                    prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hf, hyperparameters, experiments, scaling, knowledge, cramming, dynamics, studies, distributed, cli)
 from .core import Registry, count_params, resolve_device, seed_everything
 from .data import CORPORA, TokenDataset, load_text, prepare_dataset
 from .tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, gpt2_tokenizer, load_tokenizer

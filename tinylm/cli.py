@@ -18,7 +18,7 @@ from .generation import can_cache, generate
 from .training import MODEL_FIELDS, PARALLEL, SCHEDULES, TRAIN_FIELDS, TrainConfig, TrainingDiverged, model_from_checkpoint, split_overrides, train
 from .distributed import init_distributed, launched   # torchrun: several processes train one model (notebook 20)
 from . import experiments  # noqa: F401  (registers `tinylm experiment`)
-from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hyperparameters, scaling, knowledge, dynamics  # noqa: F401  (their experiments)
+from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hyperparameters, scaling, knowledge, cramming, dynamics  # noqa: F401  (their experiments)
 
 # %% auto #0
 __all__ = ['RUN_PRESETS', 'positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'probability', 'RunPreset',

@@ -15,20 +15,21 @@ from .core import COMMANDS, Command, Registry, atomic_write, count_params, envir
 from .data import cache_dir, prepare_dataset
 from .tokenizer import TOKENIZER_SPECS, corpus_tokenizer
 from .model import MODEL_PRESETS, ModelConfig, model_flops_per_token
+from .generation import CLOCKS
 from .training import TrainConfig, Trainer, TrainingDiverged, evaluate_split, split_overrides
 
 # %% auto #0
 __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'DATA_KEYS', 'BUDGETS', 'SCALE_ORDER', 'HARNESS_VERSION', 'T_975',
            'EXPERIMENTS', 'Scale', 'grid', 'combine', 'log_range', 'Experiment', 'RunSpec', 'plan', 'stretch_run',
-           'tokens_budget', 'run_flops_per_token', 'flops_budget', 'steps_per_second', 'seconds_budget', 'results_dir',
-           'result_path', 'load_result', 'read_result', 'save_result', 'fingerprint', 'is_done', 'scored_bytes',
-           'bits_per_byte', 'execute', 'load_data', 'tuning_grid', 'choose_lr', 'run_index', 'run_experiment',
-           'final_value', 'is_complete', 'is_current', 'compared_runs', 'summarize', 'describe', 'print_summary',
-           't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts', 'verdict_table',
-           'claims_table', 'show_markdown', 'show_claims', 'show_verdicts', 'noise_summary', 'axes_or_new',
-           'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value', 'plot_lr_sweep',
-           'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment', 'run_benchmark',
-           'find_experiments', 'describe_plan', 'cmd_experiment', 'headline', 'course_table']
+           'tokens_budget', 'run_flops_per_token', 'flops_budget', 'budget_clock', 'interleaved_rates', 'time_variants',
+           'seconds_budget', 'results_dir', 'result_path', 'load_result', 'read_result', 'save_result', 'fingerprint',
+           'is_done', 'scored_bytes', 'bits_per_byte', 'execute', 'load_data', 'tuning_grid', 'choose_lr', 'run_index',
+           'run_experiment', 'final_value', 'is_complete', 'is_current', 'compared_runs', 'summarize', 'describe',
+           'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts',
+           'verdict_table', 'claims_table', 'show_markdown', 'show_claims', 'show_verdicts', 'noise_summary',
+           'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value',
+           'plot_lr_sweep', 'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment',
+           'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment', 'headline', 'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
 @dataclass(frozen=True)
@@ -216,24 +217,54 @@ def flops_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> lis
     for s in specs: s.train = stretch_run(s.train, scale, max(1, round(total / (run_flops_per_token(s) * s.tokens_per_step))))
     return specs
 
-def steps_per_second(spec: RunSpec, data, steps: int = 6, warmup: int = 2) -> float:
-    "Training steps per second of `spec` on this machine, timed after `warmup` steps."
-    trainer = Trainer(spec.model, spec.train.replace(progress=False), data)
-    for _ in range(warmup): trainer.train_step()
-    if trainer.device.type == 'cuda': torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps): loss, _ = trainer.train_step()
-    loss.item()  # wait for the device
-    return steps / (time.perf_counter() - t0)
+def budget_clock(device: torch.device) -> str:
+    "The clock a 'seconds' budget counts: on a CPU with one torch thread this process's CPU time (other jobs do not stretch it), else wall time."
+    return 'process' if device.type == 'cpu' and torch.get_num_threads() == 1 else 'wall'
+
+def interleaved_rates(trainers: dict[str, Trainer], # name -> a ready trainer
+                      rounds: int = 7, # each round times every trainer once
+                      steps: int = 4, # training steps per timing
+                      clock: str = 'process', # 'process' (CPU time of this process) or 'wall'
+                      warmup: int = 2, # untimed steps first (allocator, kernels, a compile)
+                     ) -> dict[str, list[float]]:
+    "Training steps per second of each trainer in every round, timed in interleaved rounds, so a slow moment of the machine hits them all alike."
+    if clock not in CLOCKS: raise ValueError(f"clock={clock!r} is not one of {', '.join(map(repr, CLOCKS))}")
+    for name, n in (('rounds', rounds), ('steps', steps)):
+        if not isinstance(n, int) or n < 1: raise ValueError(f'interleaved_rates: {name}={n!r} must be a positive integer')
+    now = CLOCKS[clock]
+    for tr in trainers.values():
+        for _ in range(warmup): tr.train_step()
+    rates = {name: [] for name in trainers}
+    for _ in range(rounds):
+        for name, tr in trainers.items():
+            if tr.device.type == 'cuda': torch.cuda.synchronize()
+            t0 = now()
+            for _ in range(steps): loss, _ = tr.train_step()
+            loss.item()  # wait for the device
+            rates[name].append(steps / (now() - t0))
+    return rates
+
+def time_variants(exp: Experiment, scale: str, data, device: str | None = None, rounds: int = 7, steps: int = 4) -> dict:
+    "Steps per second of every variant of `exp` at `scale`, timed interleaved (what a 'seconds' budget divides), with each round's rate."
+    specs = {}
+    for s in plan(exp, scale, data.vocab_size, device, seeds=(SCALES[scale].tune_seed,)): specs.setdefault(s.variant, s)
+    trainers = {v: Trainer(s.model, s.train.replace(progress=False), data) for v, s in specs.items()}
+    dev = next(iter(trainers.values())).device
+    clock = budget_clock(dev)
+    rates = interleaved_rates(trainers, rounds, steps, clock)
+    del trainers
+    return dict(clock=clock, rounds=rounds, steps=steps, threads=torch.get_num_threads(), device=str(dev),
+                variants={v: dict(steps_per_s=round(statistics.median(r), 4), tokens_per_s=round(statistics.median(r) * specs[v].tokens_per_step, 1),
+                                  rounds=[round(x, 4) for x in r]) for v, r in rates.items()})
 
 @BUDGETS.register('seconds')
-def seconds_budget(specs: list[RunSpec], exp: Experiment, scale: str, data) -> list[RunSpec]:
-    "Every run gets the steps it can do in the scale's `seconds` on this machine (timed per variant)."
+def seconds_budget(specs: list[RunSpec], exp: Experiment, scale: str, data,
+                   timing: dict | None = None, # `time_variants`' measurement (default: measure now)
+                  ) -> list[RunSpec]:
+    "Every run gets the steps its variant does in the scale's `seconds` at the interleaved timing's median rate (warmup and intervals keep their fraction)."
     seconds = exp.scales.get(scale, {}).get('seconds', SCALES[scale].seconds)
-    rate = {}
-    for s in specs:
-        if s.variant not in rate: rate[s.variant] = steps_per_second(s, data)
-        s.train = s.train.replace(max_steps=max(1, int(seconds * rate[s.variant])), max_seconds=1.25 * seconds)
+    timing = timing if timing is not None else time_variants(exp, scale, data)
+    for s in specs: s.train = stretch_run(s.train, scale, max(1, int(seconds * timing['variants'][s.variant]['steps_per_s'])))
     return specs
 
 # %% ../nbs/06_experiments.ipynb #17b22bdd
@@ -286,11 +317,11 @@ def save_result(result: dict, path: str | Path) -> Path:
 HARNESS_VERSION = 2  # bumped when what a run measures changes (2: fixed eval windows, whole-split final loss)
 
 def _left_out(budget: str) -> tuple[str, ...]:
-    "TrainConfig fields a fingerprint leaves out: how a run is shown and where, and under a 'seconds' budget its step count."
-    return ('progress', 'device') + (('max_steps', 'max_seconds') if budget == 'seconds' else ())
+    "TrainConfig fields a fingerprint leaves out: how a run is shown and where it runs (every budget's step count is in it)."
+    return ('progress', 'device')
 
 def fingerprint(spec: RunSpec, budget: str) -> dict:
-    "The configs that identify a run, and the harness version (the step count is left out under a 'seconds' budget)."
+    "The configs that identify a run, and the harness version ."
     train = spec.train.to_dict()
     for k in _left_out(budget): train.pop(k)
     fp = dict(model=spec.model.to_dict(), train=train, harness=HARNESS_VERSION)
@@ -449,11 +480,21 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
     # record extra metrics, nor under a 'seconds' budget, whose step count depends on the machine's speed)
     index = run_index(results, scale, exp.name) if reuse and path is not None and not exp.probes and exp.budget != 'seconds' else {}
 
+    timing = None
+    if exp.budget == 'seconds':   # one interleaved timing per result file: every run divides the same measurement
+        timing = result.get('timing')
+        if force or not timing or not set(exp.variants) <= set(timing.get('variants', ())):   # a subset of a timed file's variants keeps its timing
+            timing = result['timing'] = time_variants(exp, scale, data, device)
+            if verbose: print(f'{exp.name}: timed {len(exp.variants)} variants in {timing["rounds"]} interleaved rounds ({timing["clock"]} clock): ' +
+                              ', '.join(f"{v} {t['steps_per_s']:.2f} steps/s" for v, t in timing['variants'].items()))
+            if path is not None: save_result(result, path)
+        elif verbose: print(f'{exp.name}: the timing stored in the result file sets the steps (force=True re-times)')
+
     def run_all(specs: list[RunSpec], what: str) -> list[dict]:
-        if exp.budget != 'seconds': specs = BUDGETS[exp.budget](specs, exp, scale, data)  # before is_done: steps are in the fingerprint
+        specs = (seconds_budget(specs, exp, scale, data, timing) if exp.budget == 'seconds'
+                 else BUDGETS[exp.budget](specs, exp, scale, data))   # before is_done: the steps are in the fingerprint
         todo = [s for s in specs if s.key not in ran and (force or not is_done(result, s, exp.budget))]
         if verbose: print(f'{exp.name} at {scale} scale, {what}: {len(specs)} runs, {len(specs) - len(todo)} already done')
-        if todo and exp.budget == 'seconds': todo = seconds_budget(todo, exp, scale, data)
         for i, spec in enumerate(todo):
             t0 = time.perf_counter()
             stok, sdata = data_of(spec)
@@ -498,6 +539,7 @@ def run_experiment(exp: Experiment, scale: str = 'tiny', *,
             print('  chosen LRs: ' + ', '.join(f"{v} {t['best_lr']:g}" + (' (grid edge)' if t['at_edge'] else '') if t['best_lr'] else f'{v} all diverged'
                                            for v, t in result['tuning'].items()))
     else: result.pop('tuning', None)
+    if exp.budget != 'seconds': result.pop('timing', None)
     run_all(plan(exp, scale, tok.vocab_size, device, seeds, lrs), 'comparison')
     result['runs'] = {k: result['runs'][k] for k in kept}  # plan order; drops runs no longer planned
     result['complete'] = True

@@ -6,12 +6,10 @@
 from __future__ import annotations
 import statistics
 
-import torch
-
 from ..core import environment_info, resolve_device
-from ..generation import CLOCKS
 from ..training import Trainer
-from ..experiments import SCALES, Benchmark, Experiment, describe, load_data, plan, ratio_interval, register_experiment
+from ..experiments import (SCALES, Benchmark, Experiment, budget_clock, describe, interleaved_rates, load_data, plan, ratio_interval,
+                                register_experiment)
 
 # %% auto #0
 __all__ = ['MODERN_EXPERIMENT', 'BLOCKS_EXPERIMENT', 'TIED_EXPERIMENT', 'THROUGHPUT_PAIRS', 'THROUGHPUT', 'throughput_benchmark',
@@ -44,23 +42,12 @@ def throughput_benchmark(scale: str = 'cpu', device: str | None = None,
     "Training tokens/s of the configurations of 14_modern, 14_blocks and 14_tied (untied = 14_blocks' serial), timed in interleaved rounds; ratios with 95% intervals."
     tok, data = load_data(scale)
     dev = resolve_device(device or SCALES[scale].train.get('device'))
-    clock = clock or ('wall' if dev.type == 'cuda' else 'process')
-    if clock not in CLOCKS: raise ValueError(f"clock={clock!r} is not one of {', '.join(map(repr, CLOCKS))}")
-    now = CLOCKS[clock]
+    clock = clock or budget_clock(dev)
     specs = {s.variant: s for exp in (MODERN_EXPERIMENT, BLOCKS_EXPERIMENT, TIED_EXPERIMENT)
              for s in plan(exp, scale, tok.vocab_size, str(dev), seeds=(1,)) if s.variant != 'untied'}
-    trainers = {}
-    for name, s in specs.items():
-        trainers[name] = Trainer(s.model, s.train.replace(progress=False, compile=s.train.compile), data)
-        for _ in range(2): trainers[name].train_step()   # warm up: allocator, kernels, a compile
-    rates = {name: [] for name in trainers}
-    for _ in range(rounds):   # interleaved, so a slow moment of the machine hits every configuration alike
-        for name, tr in trainers.items():
-            if dev.type == 'cuda': torch.cuda.synchronize()
-            t0 = now()
-            for _ in range(steps): loss, _ = tr.train_step()
-            loss.item()
-            rates[name].append(steps * specs[name].tokens_per_step / (now() - t0))
+    trainers = {name: Trainer(s.model, s.train.replace(progress=False), data) for name, s in specs.items()}
+    steps_per_s = interleaved_rates(trainers, rounds, steps, clock)   # warmed up first: allocator, kernels, a compile
+    rates = {name: [r * specs[name].tokens_per_step for r in rs] for name, rs in steps_per_s.items()}
     rows = [dict(variant=n, params=sum(p.numel() for p in trainers[n].model.parameters()), tokens_per_step=specs[n].tokens_per_step,
                  tokens_per_s=round(statistics.median(r), 1), tokens_per_s_runs=[round(x, 1) for x in r]) for n, r in rates.items()]
     ratios = [dict(what=f'{a} vs {b}', **ratio_interval(rates[a], rates[b], below='slower', above='faster')) for a, b in THROUGHPUT_PAIRS]

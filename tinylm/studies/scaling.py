@@ -59,12 +59,13 @@ WIDTH_FACTORS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5)   # d_model as multiples of t
 ISOFLOP_BUDGETS = (0.125, 0.25, 0.5)                # multiples of the scale's compute
 PREDICT_BUDGET = 2.0                                # the held-out budget: 4x the largest fitted one
 
-def scaled_width(factor: float):
-    "A preset: the baseline at `factor` times the given d_model (rounded to a multiple of the head count), all else the scale's."
+def scaled_width(factor: float, preset: str = 'baseline_2017'):
+    "A preset: `preset` at `factor` times the given d_model (rounded to a multiple of the head count), all else the scale's."
     def make(**overrides):
-        ref = MODEL_PRESETS['baseline_2017'](**overrides)
-        return ref.replace(d_model=max(ref.n_head, round(factor * ref.d_model / ref.n_head) * ref.n_head))
-    make.__doc__ = f'The baseline at {factor:g} x the given width.'
+        ref = MODEL_PRESETS[preset](**overrides)
+        d = max(ref.n_head, round(factor * ref.d_model / ref.n_head) * ref.n_head)
+        return MODEL_PRESETS[preset](**{**overrides, 'd_model': d})   # built anew: a width-dependent default (a d_ff) follows
+    make.__doc__ = f'`{preset}` at {factor:g} x the given width.'
     return make
 
 for _f in WIDTH_FACTORS + (2.0,): MODEL_PRESETS.register(f'width_x{_f:g}')(scaled_width(_f))
