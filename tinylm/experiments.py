@@ -244,14 +244,16 @@ def interleaved_rates(trainers: dict[str, Trainer], # name -> a ready trainer
             rates[name].append(steps / (now() - t0))
     return rates
 
-def time_variants(exp: Experiment, scale: str, data, device: str | None = None, rounds: int = 7, steps: int = 4) -> dict:
+def time_variants(exp: Experiment, scale: str, data, device: str | None = None,
+                  rounds: int = 9, steps: int = 8, # a round of 4 steps scattered by +-15% on an idle CPU; 8 x 9 holds the median within a few %
+                 ) -> dict:
     "Steps per second of every variant of `exp` at `scale`, timed interleaved (what a 'seconds' budget divides), with each round's rate."
     specs = {}
     for s in plan(exp, scale, data.vocab_size, device, seeds=(SCALES[scale].tune_seed,)): specs.setdefault(s.variant, s)
     trainers = {v: Trainer(s.model, s.train.replace(progress=False), data) for v, s in specs.items()}
     dev = next(iter(trainers.values())).device
     clock = budget_clock(dev)
-    rates = interleaved_rates(trainers, rounds, steps, clock)
+    rates = interleaved_rates(trainers, rounds, steps, clock, warmup=3)
     del trainers
     return dict(clock=clock, rounds=rounds, steps=steps, threads=torch.get_num_threads(), device=str(dev),
                 variants={v: dict(steps_per_s=round(statistics.median(r), 4), tokens_per_s=round(statistics.median(r) * specs[v].tokens_per_step, 1),
