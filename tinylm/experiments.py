@@ -925,7 +925,11 @@ def find_experiments(query: str) -> list[Experiment | Benchmark]:
 def describe_plan(exp: Experiment, scale: str, vocab_size: int, data=None, device: str | None = None) -> list[str]:
     "One line per planned run: steps, tokens and FLOPs under the experiment's budget ('seconds' is timed at run time)."
     def lines(specs):
-        if exp.budget != 'seconds': specs = BUDGETS[exp.budget](specs, exp, scale, data if data is not None else _Vocab(vocab_size))
+        if exp.budget == 'seconds':   # the steps come from an interleaved timing when the experiment runs
+            secs = exp.scales.get(scale, {}).get('seconds', SCALES[scale].seconds)
+            return [f'{s.key}: {secs:g} s x its timed steps/s (interleaved rounds, or the result file\'s timing) x {s.tokens_per_step} tokens, '
+                    f'{fmt_count(run_flops_per_token(s) * s.tokens_per_step)} FLOPs a step, lr {s.train.lr:g}' for s in specs]
+        specs = BUDGETS[exp.budget](specs, exp, scale, data if data is not None else _Vocab(vocab_size))
         return [f'{s.key}: {s.train.max_steps} steps x {s.tokens_per_step} tokens = {fmt_count(s.train.max_steps * s.tokens_per_step)} tokens, '
                 f'{fmt_count(run_flops_per_token(s) * s.train.max_steps * s.tokens_per_step)} FLOPs, lr {s.train.lr:g}' for s in specs]
     if not exp.tune_lr: return lines(plan(exp, scale, vocab_size, device))
