@@ -17,13 +17,14 @@ SIZES = dict(n_layer=3, n_head=4, d_model=64, block_size=64, vocab_size=65)
 
 
 def test_the_preset_is_the_recipe():
-    c = ModelConfig.preset('cramming', **SIZES)
+    c = ModelConfig.preset('cramming_paper', **SIZES)
     assert (c.norm_placement, c.norm, c.bias, c.ffn, c.position, c.emb_norm, c.dropout) == ('pre', 'layer', False, 'geglu', 'scaled_sinusoidal', True, 0.0)
     assert c.d_ff == cramming_ffn_width(64) == 128
     assert ModelConfig.preset('cramming', **{**SIZES, 'd_model': 96}).d_ff == 192
     assert ModelConfig.preset('cramming', **SIZES, d_ff=None).ffn_width == 168        # GeGLU's own 8/3 d, rounded to 8
     assert ModelConfig.preset('cramming', **SIZES, ffn='gelu').ffn_width == 256       # another FFN keeps its default
     with pytest.raises(ValueError, match="ffn='gelo'"): ModelConfig.preset('cramming', **SIZES, ffn='gelo')
+    assert ModelConfig.preset('cramming', **SIZES) == c.replace(position='learned')   # the measured winner (18_recipe)
 
 
 @pytest.mark.parametrize('n_layer', [1, 2, 6, 12])
@@ -50,10 +51,10 @@ def test_reshaped_without_an_ffn_and_bad_inputs():
 def test_each_ablation_undoes_one_change():
     abl = ablations()
     assert list(abl) == ['crammed'] + [c['variant'] for c in RECIPE_CHANGES.values()]
-    ref = ModelConfig.preset('cramming', **SIZES).to_dict()
+    ref = ModelConfig.preset('cramming_paper', **SIZES).to_dict()
     for change in RECIPE_CHANGES.values():
         over = {k: v for k, v in abl[change['variant']].items() if k != 'preset'}
-        cfg = MODEL_PRESETS['cramming'](**SIZES, **over).to_dict()
+        cfg = MODEL_PRESETS['cramming_paper'](**SIZES, **over).to_dict()
         changed = {k for k in cfg if cfg[k] != ref[k]}
         assert changed and changed <= set(change['undo']), (change, changed)
 
