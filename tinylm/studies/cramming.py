@@ -4,19 +4,18 @@
 
 # %% ../../nbs/studies/18_cramming.ipynb #f2c766e6
 from __future__ import annotations
-import statistics
 
 from ..model import MODEL_PRESETS
 from ..modern import param_counts
 from ..cramming import ablations, reshaped
-from ..experiments import (Experiment, axes_or_new, plot_title, ratio_interval, register_experiment, summarize, verdicts, _cell, _f)
+from ..experiments import (EXPERIMENTS, SCALES, Experiment, axes_or_new, plot_title, ratio_interval, register_experiment, summarize, verdicts, _cell, _f)
 from .scaling import scaled_width
 
 # %% auto #0
 __all__ = ['DEPTH_FACTORS', 'WIDTH_FACTORS', 'CRAM_SCALES', 'SOURCE', 'SHAPES_EXPERIMENT', 'SIZES_EXPERIMENT',
            'RECIPE_EXPERIMENT', 'VERSUS', 'VERSUS_EXPERIMENT', 'VERSUS_FLOPS_EXPERIMENT', 'reshaped_preset',
-           'throughput', 'budget_rows', 'budget_table', 'best_variant', 'sizes_headline', 'recipe_headline',
-           'plot_budget', 'plot_recipe']
+           'throughput', 'budget_rows', 'budget_table', 'budget_seconds', 'best_variant', 'sizes_headline',
+           'recipe_headline', 'plot_budget', 'plot_recipe']
 
 # %% ../../nbs/studies/18_cramming.ipynb #b34a75e5
 DEPTH_FACTORS = (1 / 3, 2 / 3, 2.0, 4.0)   # depths as multiples of the scale's; at cpu 1, 2, 6 and 12 layers (3 is the scale's)
@@ -112,6 +111,11 @@ def _ci(d: dict, ratio: bool = False) -> str:
     if d['lo'] is None: return ''
     return f" [{d['lo']:.2f}, {d['hi']:.2f}]" if ratio else f" [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
+def budget_seconds(result: dict) -> float:
+    "The seconds per run of a 'seconds' result's experiment at its scale."
+    exp = EXPERIMENTS[result['experiment']]
+    return exp.scales.get(result['scale'], {}).get('seconds', SCALES[result['scale']].seconds)
+
 def best_variant(result: dict) -> str:
     "The variant with the lowest mean final loss."
     rows = {v: r for v, r in summarize(result).items() if r['mean'] is not None}
@@ -122,9 +126,8 @@ def sizes_headline(result: dict) -> list[str]:
     best = best_variant(result)
     rows = {r['variant']: r for r in budget_rows(result, best)}
     b = rows[best]
-    seconds = result['timing'] and (b['steps'] / b['throughput']['steps_per_s'])
-    out = [f"best for the budget: {best} ({b['non_embedding']:,} non-embedding parameters, {b['tokens']:,} tokens, "
-           f"{b['tokens'] / b['non_embedding']:.1f} per parameter in about {seconds:.0f} s)"]
+    out = [f"best for {budget_seconds(result):g} s: {best} ({b['non_embedding']:,} non-embedding parameters, {b['tokens']:,} tokens, "
+           f"{b['tokens'] / b['non_embedding']:.1f} per parameter)"]
     for v, r in rows.items():
         if v != best and r['diff']['mean'] is not None: out.append(f"{v} ({r['non_embedding']:,}) vs {best}: {r['diff']['verdict']} ({r['diff']['mean']:+.3f}{_ci(r['diff'])})")
     return out
