@@ -96,6 +96,10 @@ def test_a_seconds_budget_is_timed_once_and_kept(tmp_path, monkeypatch):
     w, c = timing['variants']['wide']['rounds'], timing['variants']['crammed']['rounds']
     assert tp['wide']['ratio'] == pytest.approx(math.exp(statistics.fmean(math.log(a / b) for a, b in zip(w, c))))   # paired by round
     assert tp['wide']['lo'] <= tp['wide']['ratio'] <= tp['wide']['hi']
+    short = min(res['runs'].values(), key=lambda r: r['final']['tokens'])   # the run that saw the fewest tokens
+    at = sc.loss_at_tokens(res, short['final']['tokens'])
+    assert at[short['variant']]['ends_here'] and at[short['variant']]['mean'] == short['final']['sample_val_loss']
+    with pytest.raises(ValueError, match='not at 99,999,999'): sc.loss_at_tokens(res, 99_999_999)
     table = sc.budget_table(res)
     assert '| **crammed** |' in table and f"{timing['variants']['wide']['tokens_per_s']:,.0f}" in table
     with pytest.raises(ValueError, match="x='steps'"): sc.plot_budget(res, 'steps')

@@ -15,7 +15,7 @@ from .scaling import scaled_width
 __all__ = ['DEPTH_FACTORS', 'WIDTH_FACTORS', 'CRAM_SCALES', 'SOURCE', 'SHAPES_EXPERIMENT', 'SIZES_EXPERIMENT',
            'RECIPE_EXPERIMENT', 'VERSUS', 'VERSUS_EXPERIMENT', 'VERSUS_FLOPS_EXPERIMENT', 'reshaped_preset',
            'throughput', 'budget_rows', 'budget_table', 'budget_seconds', 'best_variant', 'sizes_headline',
-           'recipe_headline', 'plot_budget', 'plot_recipe']
+           'recipe_headline', 'loss_at_tokens', 'plot_budget', 'plot_recipe']
 
 # %% ../../nbs/studies/18_cramming.ipynb #b34a75e5
 DEPTH_FACTORS = (1 / 3, 2 / 3, 2.0, 4.0)   # depths as multiples of the scale's; at cpu 1, 2, 6 and 12 layers (3 is the scale's)
@@ -141,6 +141,20 @@ def recipe_headline(result: dict) -> list[str]:
         d, tp = r['diff'], r['throughput']
         speed = f"; tokens/s x{tp['ratio']:.2f}{_ci(tp, ratio=True)}" if tp else ''
         out.append(f"{r['variant']} vs {ref}: {d['verdict']} ({d['mean']:+.3f}{_ci(d)}){speed}")
+    return out
+
+def loss_at_tokens(result: dict, tokens: int) -> dict[str, dict]:
+    "Per variant: the periodic val loss (fixed windows) at `tokens` training tokens, interpolated linearly between evaluations, per seed and their mean."
+    out = {}
+    for run in result['runs'].values():
+        if run.get('stage') != 'compare' or run['status'] != 'ok': continue
+        pts = [(r['tokens'], r['val_loss']) for r in run['curves'] if 'val_loss' in r]
+        if not pts or not pts[0][0] <= tokens <= pts[-1][0]:
+            raise ValueError(f"{run['variant']} seed {run['seed']} has evaluations from {pts[0][0] if pts else 0:,} to {pts[-1][0] if pts else 0:,} tokens, not at {tokens:,}")
+        v = next(v0 + (v1 - v0) * (tokens - t0) / (t1 - t0) if t1 > t0 else v1 for (t0, v0), (t1, v1) in zip(pts, pts[1:] + pts[-1:]) if t0 <= tokens <= t1)
+        o = out.setdefault(run['variant'], dict(values=[], ends_here=run['final']['tokens'] == tokens))
+        o['values'].append(v)
+    for o in out.values(): o['mean'] = sum(o['values']) / len(o['values'])
     return out
 
 # %% ../../nbs/studies/18_cramming.ipynb #f189065a
