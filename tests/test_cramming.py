@@ -105,6 +105,14 @@ def test_a_seconds_budget_is_timed_once_and_kept(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="x='steps'"): sc.plot_budget(res, 'steps')
 
 
+def test_a_timing_without_the_variant_is_refused():
+    exp = Experiment('cram_e', {'a': {'preset': 'cramming'}, 'b': {'preset': 'cramming', 'bias': True}}, budget='seconds')
+    specs = tinylm.experiments.plan(exp, 'tiny')
+    timing = dict(variants={'a': dict(steps_per_s=10.0)})
+    with pytest.raises(ValueError, match="no rate for 'b'; it times 'a'"):
+        tinylm.experiments.seconds_budget(specs, exp, 'tiny', None, timing)
+
+
 def test_throughput_needs_a_timing():
     with pytest.raises(ValueError, match='no interleaved timing'):
         sc.throughput(dict(experiment='x', reference='a', variants=['a'], runs={}))

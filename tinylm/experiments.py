@@ -266,6 +266,8 @@ def seconds_budget(specs: list[RunSpec], exp: Experiment, scale: str, data,
     "Every run gets the steps its variant does in the scale's `seconds` at the interleaved timing's median rate (warmup and intervals keep their fraction)."
     seconds = exp.scales.get(scale, {}).get('seconds', SCALES[scale].seconds)
     timing = timing if timing is not None else time_variants(exp, scale, data)
+    if missing := sorted({s.variant for s in specs} - set(timing['variants'])):
+        raise ValueError(f"seconds_budget: the timing has no rate for {', '.join(map(repr, missing))}; it times {', '.join(map(repr, timing['variants']))}")
     for s in specs: s.train = stretch_run(s.train, scale, max(1, int(seconds * timing['variants'][s.variant]['steps_per_s'])))
     return specs
 
@@ -323,7 +325,7 @@ def _left_out(budget: str) -> tuple[str, ...]:
     return ('progress', 'device')
 
 def fingerprint(spec: RunSpec, budget: str) -> dict:
-    "The configs that identify a run, and the harness version ."
+    "The configs that identify a run, and the harness version."
     train = spec.train.to_dict()
     for k in _left_out(budget): train.pop(k)
     fp = dict(model=spec.model.to_dict(), train=train, harness=HARNESS_VERSION)
