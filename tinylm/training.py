@@ -210,8 +210,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    "AdamW over `param_groups`, using the fused CUDA kernel on GPU and the foreach path elsewhere."
-    fast = dict(fused=True) if device.type == 'cuda' else dict(foreach=True)
+    "AdamW over `param_groups`, with PyTorch's fused kernel on CUDA and CPU (one pass over every tensor), the foreach path elsewhere."
+    fast = dict(fused=True) if device.type in ('cuda', 'cpu') else dict(foreach=True)   # fused on CPU too: several times faster than foreach
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **fast)
 
 # %% ../nbs/05_training.ipynb #036ae339
@@ -542,7 +542,8 @@ class Trainer:
         rec = dict(step=self.step, tokens=self.tokens, train_loss=train_loss, lr=lr_at(self.step - 1, self.cfg),
                    grad_norm=grad_norm, tokens_per_s=round(tps, 1), elapsed_s=round(self.elapsed, 3))
         if (u := mfu(tps, self.flops_per_token, self.peak)) is not None: rec['mfu'] = round(u, 4)
-        self.log(rec); bar.set_postfix(loss=f'{train_loss:.3f}', tok_s=fmt_count(tps))
+        mfu_shown = {'mfu': f"{rec['mfu']:.1%}"} if 'mfu' in rec else {}   # on a GPU whose peak we know
+        self.log(rec); bar.set_postfix(loss=f'{train_loss:.3f}', tok_s=fmt_count(tps), **mfu_shown)
         self._window = [torch.zeros((), device=self.device), 0, self.elapsed, self.tokens]
 
     def _evaluate_and_save(self, bar, train_loss: float) -> None:
