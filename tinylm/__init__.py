@@ -7,21 +7,49 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/index.ipynb #7f174683
-# `import tinylm` loads every module, so every registry (norms, FFNs, positions, schedules, corpora,
-# commands, experiments) holds every variant the course teaches; the names below are the public API,
-# everything else stays module-qualified (`tinylm.positions.RoPE`, `tinylm.studies.gqa.decode_benchmark`).
-from . import (core, data, tokenizer, attention, model, generation, training,
-                    prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hf, hyperparameters, experiments, scaling, knowledge, cramming, dynamics, studies, distributed, cli)
-from .core import Registry, count_params, resolve_device, seed_everything
-from .data import CORPORA, TokenDataset, load_text, prepare_dataset
-from .tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, gpt2_tokenizer, load_tokenizer
-from .attention import MultiHeadAttention
-from .model import MODEL_PRESETS, ModelConfig, Transformer
-from .generation import KVCache, generate
-from .training import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, train
-from .experiments import (EXPERIMENTS, SCALES, Benchmark, Experiment, load_result, plot_curves, plot_final,
-                                print_summary, run_experiment, summarize)
-from .hf import from_hf_gpt2, from_hf_llama, to_hf_gpt2, to_hf_llama
+# `import tinylm` imports only the torch-free registries (`tinylm.registry`, notebook 00a): importing torch costs
+# ~1.7 s, and `tinylm --help` should not pay it. The first use of any other name (`tinylm.Transformer`,
+# `from tinylm import train`, `tinylm.positions`) loads every module, in layer order; so does a registry's first miss
+# or listing (`Registry.loader`), so every registry (norms, FFNs, positions, schedules, corpora, commands,
+# experiments) still holds every variant the course teaches, whichever module was imported first.
+# `__all__` is the public API; everything else stays module-qualified (`tinylm.positions.RoPE`).
+from .registry import Registry
+
+_loading = False   # set once `_load` starts: it runs once, and the imports inside it never re-enter it
+
+def _load():
+    "Import every module in layer order and bind the public API as attributes of the package."
+    global _loading
+    if _loading: return
+    _loading, Registry.loader = True, None
+    try:
+        from tinylm import (core, data, tokenizer, attention, model, generation, training,
+                            prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hf, hyperparameters, experiments, scaling, knowledge, cramming, dynamics, studies, distributed, cli)
+        from tinylm.core import count_params, resolve_device, seed_everything
+        from tinylm.data import CORPORA, TokenDataset, load_text, prepare_dataset
+        from tinylm.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, gpt2_tokenizer, load_tokenizer
+        from tinylm.attention import MultiHeadAttention
+        from tinylm.model import MODEL_PRESETS, ModelConfig, Transformer
+        from tinylm.generation import KVCache, generate
+        from tinylm.training import TrainConfig, Trainer, load_checkpoint, model_from_checkpoint, train
+        from tinylm.experiments import (EXPERIMENTS, SCALES, Benchmark, Experiment, load_result, plot_curves, plot_final,
+                                        print_summary, run_experiment, summarize)
+        from tinylm.hf import from_hf_gpt2, from_hf_llama, to_hf_gpt2, to_hf_llama
+    except BaseException:
+        _loading, Registry.loader = False, _load   # the next use retries, and reports the error again
+        raise
+    globals().update(locals())   # the modules and the public names (`Registry` is bound above: the same object)
+
+Registry.loader = _load
+
+def __getattr__(name: str):
+    "PEP 562: the first lookup of a name the package does not hold yet loads every module."
+    if not name.startswith('__') and not _loading:
+        _load()
+        if name in globals(): return globals()[name]
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+def __dir__() -> list[str]: return sorted({*globals(), *__all__})
 
 __all__ = ['Registry', 'count_params', 'resolve_device', 'seed_everything',
            'CORPORA', 'TokenDataset', 'load_text', 'prepare_dataset',

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from .registry import Registry, Command, COMMANDS   # torch-free, in their own module (see "Registries and configs")
+
 # %% auto #0
-__all__ = ['PEAK_BF16_FLOPS', 'COMMANDS', 'default_device', 'resolve_device', 'autocast_dtype', 'autocast', 'seed_everything',
-           'count_params', 'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'atomic_write', 'Registry', 'Command',
-           'config_from_dict', 'check_field_types', 'parse_assignments', 'device_name', 'cpu_model', 'source_root',
-           'git_commit', 'git_diff_hash', 'package_version', 'environment_info', 'fmt_count']
+__all__ = ['PEAK_BF16_FLOPS', 'default_device', 'resolve_device', 'autocast_dtype', 'autocast', 'seed_everything', 'count_params',
+           'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'atomic_write', 'config_from_dict', 'check_field_types',
+           'parse_assignments', 'device_name', 'cpu_model', 'source_root', 'git_commit', 'git_diff_hash',
+           'package_version', 'environment_info', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #61493669
 def default_device() -> str:
@@ -126,34 +128,6 @@ def atomic_write(path: str | Path, # the file to (over)write
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
-
-# %% ../nbs/00_core.ipynb #ed2b2e1e
-class Registry(dict):
-    "A named dict of implementations for one configuration axis, with helpful errors for unknown names."
-    def __init__(self, axis: str): super().__init__(); self.axis = axis
-    def register(self, name: str):
-        "Decorator: register the decorated object under `name`."
-        def deco(obj):
-            if name in self and self[name] is not obj and getattr(self[name], '__qualname__', None) != getattr(obj, '__qualname__', None):
-                raise ValueError(f'{self.axis} {name!r} is already registered')
-            self[name] = obj; return obj
-        return deco
-    def check(self, name, field: str | None = None):
-        "Raise a `ValueError` naming the field, the bad value and the allowed ones unless `name` is registered."
-        if name not in self:
-            raise ValueError(f"{field or self.axis}={name!r} is not a known {self.axis}; allowed: {', '.join(map(repr, self))}")
-        return name
-    def __getitem__(self, name):
-        self.check(name); return super().__getitem__(name)
-
-@dataclasses.dataclass(frozen=True)
-class Command:
-    "One `tinylm` subcommand: what it runs, how it adds its arguments to the parser, and its one-line help."
-    run: typing.Callable          # args -> exit code
-    add_arguments: typing.Callable  # argparse parser -> None
-    help: str
-
-COMMANDS = Registry('command')  # name -> Command; each notebook that adds a subcommand registers it here
 
 # %% ../nbs/00_core.ipynb #39b7906a
 def config_from_dict(cls, d: dict):
