@@ -193,13 +193,15 @@ class _Cached:
     "Next-token logits with a KV cache: the prompt once, then one token per step; a rolling window past block_size."
     def __init__(self, model: Transformer, batch_size: int, max_len: int):
         self.model, self.cache, self.pos = model, KVCache.for_model(model, batch_size, max_len), None
+        self.padded = False   # whether any prompt is left-padded, read once at the prefill: no host sync per token
     def __call__(self, seq: Tensor, real: Tensor) -> Tensor:
-        if self.pos is None: x, pos = seq, prompt_positions(real)                   # prefill: the whole (padded) prompt
+        if self.pos is None:                                                  # prefill: the whole (padded) prompt
+            x, pos, self.padded = seq, prompt_positions(real), not bool(real.all())
         else:
             x, pos = seq[:, -1:], self.pos[:, -1:] + 1                       # (B, 1): the token sampled last
             if self.cache.seq_len == self.cache.max_len: self.cache.drop_oldest(1)
-        kp = real[:, -(self.cache.seq_len + x.size(1)):]                      # (B, S) the keys attention will see
-        logits = self.model(x, key_padding=None if kp.all() else kp, pos=pos, cache=self.cache)[:, -1]
+        kp = real[:, -(self.cache.seq_len + x.size(1)):] if self.padded else None   # (B, S) the keys attention will see
+        logits = self.model(x, key_padding=kp, pos=pos, cache=self.cache)[:, -1]
         self.pos = pos
         return logits
 
@@ -228,23 +230,27 @@ def generate(model: Transformer,
                          f'{max_new_tokens} needs {L + max_new_tokens}, and position={model.cfg.position!r} cannot extrapolate past '
                          f'the positions the model was built for; use use_cache=False (a sliding window of the last {bs} '
                          f'tokens, recomputed every step) or at most {max(bs - L, 0)} new tokens')
-    step = _Cached(model, B, min(L + max_new_tokens, bs)) if use_cache else _Recompute(model)
+    ids = torch.empty(B, L + max_new_tokens, dtype=torch.long, device=dev); ids[:, :L] = seq   # preallocated: no copy per token
+    mask = torch.ones(B, L + max_new_tokens, dtype=torch.bool, device=dev); mask[:, :L] = real
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     fill = torch.full((B,), 0 if pad_id is None else pad_id, dtype=torch.long, device=dev)
     stop_ids = None if stop_ids is None else stop_ids.to(dev)
     was_training = model.training; model.eval()
+    n = L   # positions filled
     try:
-        for _ in range(max_new_tokens):
-            if stop_ids is not None and done.all(): break
-            nxt = sample_next(step(seq, real).float(), temperature, top_k, top_p, generator)   # (B,)
-            if stop_ids is not None:
-                nxt = torch.where(done, fill, nxt)
-                hit = ~done & torch.isin(nxt, stop_ids)
-                if pad_id is None: fill = torch.where(hit, nxt, fill)
-                done |= hit
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            real = torch.cat([real, torch.ones(B, 1, dtype=torch.bool, device=dev)], dim=1)
+        with torch.inference_mode():   # no autograd bookkeeping (version counters, view tracking) on any op of the loop
+            step = _Cached(model, B, min(L + max_new_tokens, bs)) if use_cache else _Recompute(model)
+            for _ in range(max_new_tokens):
+                if stop_ids is not None and done.all(): break
+                nxt = sample_next(step(ids[:, :n], mask[:, :n]).float(), temperature, top_k, top_p, generator)   # (B,)
+                if stop_ids is not None:
+                    nxt = torch.where(done, fill, nxt)
+                    hit = ~done & torch.isin(nxt, stop_ids)
+                    if pad_id is None: fill = torch.where(hit, nxt, fill)
+                    done |= hit
+                ids[:, n] = nxt; n += 1
     finally: model.train(was_training)
+    seq = ids[:, :n].clone()   # outside inference mode: an ordinary tensor, which the caller may train on
     if isinstance(idx, Tensor): return seq
     return [_cut(seq[b, L - len(r):], len(r), stop_ids) for b, r in enumerate(rows)]
 
