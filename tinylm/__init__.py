@@ -8,7 +8,7 @@ __all__ = []
 
 # %% ../nbs/index.ipynb #7f174683
 # `import tinylm` imports only the torch-free registries (`tinylm.registry`, notebook 00a): importing torch costs
-# ~1.7 s, and `tinylm --help` should not pay it. The first use of any other name (`tinylm.Transformer`,
+# over a second, and `tinylm --help` should not pay it. The first use of any other name (`tinylm.Transformer`,
 # `from tinylm import train`, `tinylm.positions`) loads every module, in layer order; so does a registry's first miss
 # or listing (`Registry.loader`), so every registry (norms, FFNs, positions, schedules, corpora, commands,
 # experiments) still holds every variant the course teaches, whichever module was imported first.
