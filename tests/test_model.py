@@ -153,3 +153,34 @@ def test_head_width_apart_from_the_model_width():
     assert torch.equal(generate(model, idx, 6, temperature=0.0), generate(model, idx, 6, temperature=0.0, use_cache=False))
     with pytest.raises(ValueError, match='d_head=0 must be a positive integer'): ModelConfig(d_head=0)
     with pytest.raises(ValueError, match='head_dim'): ModelConfig(position='rope', d_head=9)
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_the_loss_without_logits_is_the_loss_with_them(tied):
+    "forward(..., return_logits=False) gives F.cross_entropy's loss and the same gradient on every parameter."
+    import tinylm  # noqa: F401  (registers the modern parts)
+    cfg = ModelConfig.preset('modern', vocab_size=97, block_size=16, n_layer=2, d_model=32, n_head=4, tie_embeddings=tied)
+    torch.manual_seed(0); model = Transformer(cfg)
+    x, y = torch.randint(0, 97, (2, 3, 16)).unbind(0); y[0, :5] = -1
+    logits, ref = model(x, y)
+    ref_grads = torch.autograd.grad(ref, list(model.parameters()))
+    none, got = model(x, y, return_logits=False)
+    assert none is None and abs(got.item() - ref.item()) < 1e-5
+    for (name, _), a, b in zip(model.named_parameters(), ref_grads, torch.autograd.grad(got, list(model.parameters()))):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4), name
+    model.eval()
+    with torch.no_grad(): assert abs(model(x, y, return_logits=False)[1].item() - ref.item()) < 1e-5
+
+
+@pytest.mark.parametrize('field', [dict(logit_softcap=5.0), dict(z_loss=1e-3)])
+def test_the_loss_without_logits_keeps_logit_features(field):
+    "A soft-cap on the logits or a z-loss needs the logits: return_logits=False still applies them (and returns no logits)."
+    import tinylm  # noqa: F401  (registers the features of notebook 13)
+    cfg = ModelConfig.preset('modern', vocab_size=97, block_size=16, n_layer=1, d_model=32, n_head=4, **field)
+    torch.manual_seed(0); model = Transformer(cfg)
+    x, y = torch.randint(0, 97, (2, 2, 16)).unbind(0)
+    logits, ref = model(x, y)
+    none, got = model(x, y, return_logits=False)
+    assert none is None and got.item() == pytest.approx(ref.item(), abs=1e-6)
+    plain = F.cross_entropy(logits.view(-1, 97), y.view(-1)).item()
+    assert (got.item() != pytest.approx(plain, abs=1e-7)) == ('z_loss' in field)   # the z-loss is added while training

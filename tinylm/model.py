@@ -16,10 +16,11 @@ from .core import Registry, check_field_types, config_from_dict, count_params, f
 from .attention import MultiHeadAttention, ATTENTION_IMPLS
 
 # %% auto #0
-__all__ = ['NORMS', 'FFNS', 'POSITIONS', 'BLOCKS', 'AXES', 'FEATURE_HOOKS', 'FEATURE_FIELDS', 'FEATURES', 'RESIDUAL_PROJECTIONS',
-           'MODEL_PRESETS', 'ModelConfig', 'validate', 'Feature', 'active_features', 'layer_norm', 'MLP',
-           'PositionScheme', 'sinusoidal_table', 'SinusoidalPositions', 'make_attention', 'PostNormBlock',
-           'to_torch_encoder_layer', 'Transformer', 'init_weights', 'baseline_2017', 'model_flops_per_token']
+__all__ = ['NORMS', 'FFNS', 'POSITIONS', 'BLOCKS', 'AXES', 'FEATURE_HOOKS', 'FEATURE_FIELDS', 'FEATURES', 'LCE_CHUNK_ELEMENTS',
+           'CPU_LCE_CHUNK', 'RESIDUAL_PROJECTIONS', 'MODEL_PRESETS', 'ModelConfig', 'validate', 'Feature',
+           'active_features', 'layer_norm', 'MLP', 'PositionScheme', 'sinusoidal_table', 'SinusoidalPositions',
+           'make_attention', 'PostNormBlock', 'to_torch_encoder_layer', 'Transformer', 'linear_cross_entropy',
+           'init_weights', 'baseline_2017', 'model_flops_per_token']
 
 # %% ../nbs/04_baseline.ipynb #1fc96d30
 NORMS = Registry('norm')                # cfg, dim -> normalization module
@@ -285,10 +286,15 @@ class Transformer(nn.Module):
                 key_padding: Tensor | None = None, # (B, S) True for real keys
                 pos: Tensor | None = None, # explicit positions, see `hidden_states`
                 cache=None, # KV cache, see `hidden_states`
+                return_logits: bool = True, # False (with targets): `(None, loss)`, never holding the (B, T, V) logits when it can
                ):
         "Logits (B, T, vocab); with `targets`, `(logits, loss)`."
-        logits = _apply(self.logit_mods, self.lm_head(self.hidden_states(idx, key_padding, pos, cache)))  # (B, T, V)
-        return logits if targets is None else (logits, self.loss(logits, targets))
+        h = self.hidden_states(idx, key_padding, pos, cache)                                 # (B, T, d)
+        if targets is not None and not return_logits and not self.logit_mods and not (self.training and self.aux_losses):
+            return None, linear_cross_entropy(h.reshape(-1, h.size(-1)), self.lm_head.weight, targets.reshape(-1))
+        logits = _apply(self.logit_mods, self.lm_head(h))                                    # (B, T, V)
+        if targets is None: return logits
+        return (logits if return_logits else None), self.loss(logits, targets)
 
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         "Mean next-token cross-entropy in float32 (targets of -1 ignored), plus any auxiliary loss when training."
@@ -296,6 +302,61 @@ class Transformer(nn.Module):
         if self.training:
             for fn, weight in self.aux_losses: ce = ce + weight * fn(logits, targets)
         return ce
+
+# %% ../nbs/04_baseline.ipynb #3097fdb3
+LCE_CHUNK_ELEMENTS = {'cuda': 2 ** 28}   # logits per chunk by device type (float32: 1 GB on a GPU); others: CPU_LCE_CHUNK
+CPU_LCE_CHUNK = 2 ** 24                  # 64 MB of float32 logits: 333 rows of a 50257 vocabulary
+
+def _lce_chunks(h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, chunk_rows: int | None):
+    "Yield (rows, float32 logits, targets, scored) for each chunk of rows."
+    rows = chunk_rows or max(1, LCE_CHUNK_ELEMENTS.get(h.device.type, CPU_LCE_CHUNK) // weight.size(0))
+    for s in range(0, h.size(0), rows):
+        t = targets[s:s + rows]
+        yield slice(s, s + rows), (h[s:s + rows] @ weight.t()).float(), t.clamp(min=0), t != ignore_index
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    "Mean cross-entropy of `h @ weight.T`, its gradients formed chunk by chunk in the forward pass (see `linear_cross_entropy`)."
+    @staticmethod
+    def forward(ctx, h, weight, targets, ignore_index, chunk_rows):
+        n = (targets != ignore_index).sum()
+        scale = 1.0 / n.clamp(min=1).float()                      # every scored row's weight in the mean
+        total, gh = h.new_zeros((), dtype=torch.float32), torch.empty_like(h)
+        gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for rows, z, t, scored in _lce_chunks(h, weight, targets, ignore_index, chunk_rows):
+            zt = z.gather(1, t[:, None]).squeeze(1)                   # the target's logit
+            m = z.amax(-1, keepdim=True)
+            e = z.sub_(m).exp_()                                      # in place: exp(z - max), no new (rows, V) tensor
+            se = e.sum(-1)
+            total += ((m.squeeze(1) + se.log() - zt) * scored).sum()  # log-sum-exp minus the target logit
+            w = scored * scale
+            g = e.mul_((w / se)[:, None])                             # softmax / n, still in place
+            g.scatter_add_(1, t[:, None], -w[:, None])                # minus the one-hot target / n
+            gh[rows] = (g @ weight).to(h.dtype)                       # dl/dh for these rows
+            gw += (g.t() @ h[rows]).float()                           # dl/dW, summed over chunks
+        ctx.save_for_backward(gh, gw.to(weight.dtype))
+        return total / n                                              # n = 0 gives NaN, as F.cross_entropy does
+
+    @staticmethod
+    def backward(ctx, grad):
+        gh, gw = ctx.saved_tensors
+        return gh * grad, gw * grad, None, None, None
+
+def linear_cross_entropy(h: Tensor, # (N, d) hidden states
+                         weight: Tensor, # (V, d) output layer
+                         targets: Tensor, # (N,) token ids; `ignore_index` = not scored
+                         ignore_index: int = -1,
+                         chunk_rows: int | None = None, # rows per chunk; None: LCE_CHUNK_ELEMENTS logits
+                        ) -> Tensor:
+    "`F.cross_entropy(h @ weight.T, targets)` in float32, computed a chunk of rows at a time so the (N, V) logits never exist."
+    if h.dim() != 2 or weight.dim() != 2 or h.size(1) != weight.size(1) or targets.shape != h.shape[:1]:
+        raise ValueError(f'linear_cross_entropy: h must be (N, d), weight (V, d) and targets (N,); got {tuple(h.shape)}, '
+                         f'{tuple(weight.shape)} and {tuple(targets.shape)}')
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(h, weight, targets, ignore_index, chunk_rows)
+    total, n = h.new_zeros((), dtype=torch.float32), (targets != ignore_index).sum()
+    for _, z, t, scored in _lce_chunks(h, weight, targets, ignore_index, chunk_rows):
+        total += ((torch.logsumexp(z, -1) - z.gather(1, t[:, None]).squeeze(1)) * scored).sum()
+    return total / n
 
 # %% ../nbs/04_baseline.ipynb #2ab7e6be
 RESIDUAL_PROJECTIONS = ('o_proj', 'down_proj')  # layers that write into the residual stream

@@ -472,7 +472,7 @@ class Trainer:
             x, y = self.data.get_batch('train', self.cfg.batch_size, self.block_size, generator=self.data_gen, device=self.device,
                                        **self.shard, **limit)   # every rank draws the same global batch and keeps its rows
             with self.par.no_sync(self.fwd, last=i == self.cfg.grad_accum - 1):   # gradients are averaged over ranks once per step
-                with autocast(self.device, self.dtype): _, loss = self.fwd(x, y)
+                with autocast(self.device, self.dtype): _, loss = self.fwd(x, y, return_logits=False)
                 (loss / self.cfg.grad_accum).backward()   # the accumulated gradient is the mean over the whole batch
             loss_sum += loss.detach()                 # stays on the device: no sync until the next log line
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float('inf')
