@@ -6,7 +6,7 @@ PKG = pathlib.Path(tinylm.__file__).parent
 # lowest first; a module may import only modules that come earlier in this list
 LAYERS = ['registry', 'core', 'data', 'tokenizer', 'attention', 'model', 'generation', 'training',
           'prenorm', 'rmsnorm', 'no_bias', 'glu', 'positions', 'gqa', 'stability', 'modern', 'hf', 'hyperparameters',
-          'experiments', 'scaling', 'knowledge', 'cramming', 'dynamics', 'studies.baseline', 'studies.prenorm', 'studies.rmsnorm', 'studies.no_bias', 'studies.glu',
+          'experiments', 'speed', 'scaling', 'knowledge', 'cramming', 'dynamics', 'studies.baseline', 'studies.prenorm', 'studies.rmsnorm', 'studies.no_bias', 'studies.glu',
           'studies.positions', 'studies.gqa', 'studies.stability', 'studies.modern', 'studies.hyperparameters', 'studies.scaling', 'studies.knowledge', 'studies.cramming', 'studies.dynamics', 'distributed', 'cli', 'console', '__init__']
 
 def module_name(path: pathlib.Path) -> str:

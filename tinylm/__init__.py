@@ -24,7 +24,7 @@ def _load():
     _loading, Registry.loader = True, None
     try:
         from tinylm import (core, data, tokenizer, attention, model, generation, training,
-                            prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hf, hyperparameters, experiments, scaling, knowledge, cramming, dynamics, studies, distributed, cli)
+                            prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hf, hyperparameters, experiments, speed, scaling, knowledge, cramming, dynamics, studies, distributed, cli)
         from tinylm.core import count_params, resolve_device, seed_everything
         from tinylm.data import CORPORA, TokenDataset, load_text, prepare_dataset
         from tinylm.tokenizer import BPETokenizer, CharTokenizer, build_tokenizer, gpt2_tokenizer, load_tokenizer

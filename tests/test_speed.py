@@ -1,0 +1,97 @@
+"""The speed study (notebook 14b): the reference GPT-2 is the same model as tinylm's, the two trainers reach the same loss, the benchmark's pieces, and `tinylm bench`."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tinylm  # noqa: F401  (fills every registry)
+from tinylm.model import Transformer
+from tinylm.modern import gpt2
+from tinylm.speed import (MarkovTokens, ReferenceTrainer, bench_config, cell_key, competing_load, reference_from,
+                          run_speed, speed_headline, step_benchmark)
+from tinylm.training import TrainConfig, Trainer
+
+
+def test_the_reference_is_the_same_model():
+    cfg = gpt2(vocab_size=50, block_size=16, n_layer=3, d_model=48, n_head=3, dropout=0.0)
+    torch.manual_seed(1); model = Transformer(cfg); ref = reference_from(model)
+    assert sum(p.numel() for p in ref.parameters()) == sum(p.numel() for p in model.parameters())
+    x, y = torch.randint(0, 50, (2, 3, 16)).unbind(0)
+    a, b = model(x, y)[1], ref(x, y)
+    assert a.item() == pytest.approx(b.item(), abs=1e-5)
+    a.backward(); b.backward()
+    assert torch.allclose(model.blocks[2].ffn.up_proj.weight.grad, ref.h[2].c_fc.weight.grad, atol=1e-6)
+    assert torch.allclose(model.blocks[0].attn.v_proj.weight.grad, ref.h[0].c_attn.weight.grad[96:], atol=1e-6)
+
+
+def test_the_two_trainers_reach_the_same_loss():
+    "Same initial weights, same batches, same schedule: tinylm's step and nanoGPT's agree step by step in float32."
+    cfg, _ = bench_config('tiny')
+    data = MarkovTokens(cfg.vocab_size, n_tokens=4096)
+    tcfg = TrainConfig(max_steps=100, batch_size=4, lr=3e-3, warmup_steps=2, device='cpu', progress=False, seed=0, dtype='float32')
+    ours = Trainer(cfg, tcfg, data)
+    theirs = ReferenceTrainer(reference_from(ours.model), tcfg.replace(block_size=cfg.block_size), data, torch.device('cpu'))
+    la = [ours.train_step()[0].item() for _ in range(6)]
+    lb = [theirs.train_step()[0].item() for _ in range(6)]
+    assert max(abs(a - b) for a, b in zip(la, lb)) < 1e-4, (la, lb)
+    assert la[-1] < la[0] - 0.05   # it learns: the comparison is of a falling loss
+
+
+def test_markov_tokens_are_windows_of_one_stream():
+    d = MarkovTokens(20, n_tokens=1000, seed=3)
+    x, y = d.get_batch('train', 5, 8, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (5, 8) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(d.ids, MarkovTokens(20, n_tokens=1000, seed=3).ids)
+    follows = (d.ids[1:] == torch.from_numpy(__import__('numpy').random.default_rng(3).permutation(20))[d.ids[:-1]]).float().mean()
+    assert 0.85 < follows < 0.97   # keep=0.9 (a uniform jump lands on the successor 1 time in 20)
+    with pytest.raises(ValueError, match='vocab_size must be an integer >= 2'): MarkovTokens(1)
+
+
+def test_competing_load_starts_and_stops_its_processes():
+    with competing_load(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(ValueError, match='non-negative integer'):
+        with competing_load(-1): pass
+
+
+def test_step_benchmark_reports_rates_ratios_and_equal_losses():
+    r = step_benchmark('tiny', threads=1, rounds=2, steps=1)
+    assert {'tinylm', 'reference'} <= set(r['variants']) and r['threads'] == 1 and r['load'] == 0
+    for v in r['variants'].values():
+        assert v['tokens_per_s'] > 0 and len(v['tokens_per_s_rounds']) == 2 and 0 < v['peak_fraction'] < 5
+    assert r['variants']['tinylm']['loss'] == pytest.approx(r['variants']['reference']['loss'], abs=1e-3)
+    x = next(x for x in r['ratios'] if x['what'] == 'tinylm / reference')
+    assert x['n'] == 2 and x['lo'] <= x['ratio'] <= x['hi']
+    with pytest.raises(ValueError, match="unknown shape 'huge'; allowed: 'tiny'"): bench_config('huge')
+
+
+def test_run_speed_saves_each_cell_and_resumes():
+    saved = []
+    res = run_speed('tiny', save=lambda r: saved.append(dict(r['cells'])), verbose=False)
+    key = cell_key('tiny', 1, 0)
+    assert list(res['cells']) == [key] and saved and key in saved[-1]
+    again = run_speed('tiny', previous=res, verbose=False)
+    assert again['cells'][key] is res['cells'][key]   # a finished cell is kept, not measured again
+    assert any(line.startswith('tiny, 1 threads, idle: tinylm x') for line in speed_headline(res))
+    with pytest.raises(ValueError, match="no 'huge' scale; allowed: 'tiny'"): run_speed('huge')
+
+
+def test_decode_against_hf_gives_the_same_tokens():
+    pytest.importorskip('transformers')
+    from tinylm.speed import decode_vs_hf
+    d = decode_vs_hf(threads=1, rounds=1, new_tokens=6, shape=dict(n_layer=1, d_model=32, n_head=2))
+    assert d['identical_tokens'] is True and d['tokens_per_s']['tinylm'] > 0 and d['tokens_per_s']['hf'] > 0
+
+
+def test_tinylm_bench_prints_the_comparison_and_refuses_bad_arguments():
+    run = lambda *a: subprocess.run([sys.executable, '-m', 'tinylm.cli', 'bench', *a], capture_output=True, text=True, timeout=300)
+    r = run('--shape', 'tiny', '--threads', '1', '--rounds', '2', '--steps', '1')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'tiny (cpu, threads=1, competing processes=0):' in r.stdout and 'tinylm / reference' in r.stdout
+    r = run('--shape', 'tiny', '--rounds', '0')
+    assert r.returncode != 0 and '--rounds must be a positive integer, got 0' in r.stderr
+    r = run('--shape', 'medium')
+    assert r.returncode != 0 and "invalid choice: 'medium'" in r.stderr
