@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .core import COMMANDS, Command, autocast, environment_info, peak_flops, resolve_device
+from .core import COMMANDS, Command, autocast, environment_info, git_commit, peak_flops, resolve_device
 from .model import ModelConfig, Transformer
 from .generation import generate
 from .training import TrainConfig, Trainer, lr_at
@@ -21,9 +21,9 @@ from .experiments import Benchmark, interleaved_rates, ratio_interval, register_
 
 # %% auto #0
 __all__ = ['BENCH_SHAPES', 'SPEED_SCALES', 'SPEED', 'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens',
-           'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores', 'competing_load',
-           'step_benchmark', 'decode_vs_hf', 'cell_key', 'run_speed', 'print_cell', 'print_decode', 'speed_headline',
-           'cmd_bench']
+           'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores', 'machine_load',
+           'competing_load', 'step_benchmark', 'decode_vs_hf', 'cell_key', 'run_speed', 'print_cell', 'print_decode',
+           'speed_headline', 'cmd_bench']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -161,6 +161,10 @@ def usable_cores() -> int:
     "The cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
+def machine_load() -> float | None:
+    "The 1-minute load average (runnable processes, all users), None where the OS has none: how idle 'idle' was."
+    return round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
+
 @contextlib.contextmanager
 def competing_load(n_procs: int):
     "Keep `n_procs` busy processes (a pure-Python loop each, one core's worth) running for the length of the block."
@@ -201,7 +205,7 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
     dev = resolve_device(device or 'cpu')
     cfg, batch = bench_config(shape)
     compile = dev.type == 'cuda' if compile is None else compile
-    old = torch.get_num_threads()
+    old, before = torch.get_num_threads(), machine_load()
     if threads is not None: torch.set_num_threads(threads)
     try:
         peaks = {'float32': matmul_peak(torch.float32, device=dev)}
@@ -225,7 +229,7 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
     ratios = [_ratio(rates, a, b) for a, b in (('tinylm', 'reference'), ('tinylm bf16', 'reference bf16'), ('tinylm bf16', 'reference'),
                                                ('tinylm compiled', 'reference')) if a in rates and b in rates]
     return dict(shape=shape, model=cfg.to_dict(), batch_size=batch, threads=torch.get_num_threads() if threads is None else threads,
-                load=load, rounds=rounds, steps=steps, device=str(dev), flops_per_token=flops,
+                load=load, load_average_before=before, commit=git_commit(), rounds=rounds, steps=steps, device=str(dev), flops_per_token=flops,
                 peak_flops={k: round(v) for k, v in peaks.items()}, variants=variants, ratios=ratios)
 
 # %% ../nbs/14b_speed.ipynb #6a2e3cc9
@@ -236,7 +240,7 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
     try: require_transformers()
     except ImportError as e: return dict(skipped=f'needs transformers (pip install "tinylm[hf]"): {e}')
     cfg = gpt2(**{**dict(vocab_size=256, block_size=256, n_layer=4, d_model=256, n_head=4), **(shape or {}), 'dropout': 0.0})
-    old = torch.get_num_threads()
+    old, before = torch.get_num_threads(), machine_load()
     if threads is not None: torch.set_num_threads(threads)
     try:
         torch.manual_seed(0); model = Transformer(cfg).eval(); hf = to_hf_gpt2(model).eval()
@@ -254,6 +258,7 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
     finally:
         torch.set_num_threads(old)
     return dict(model=cfg.to_dict(), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, identical_tokens=same,
+                load_average_before=before, commit=git_commit(),
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
                 tokens_per_s_rounds={k: [round(x, 1) for x in v] for k, v in rates.items()}, ratios=[_ratio(rates, 'tinylm', 'hf')])
 
@@ -292,7 +297,8 @@ def _interval(x: dict, d: int = 3) -> str:
 
 def print_cell(c: dict) -> None:
     "One benchmark cell: tokens/s, peak fraction and loss per variant, then the ratios with their intervals."
-    print(f"{c['shape']} ({c['device']}, threads={c['threads']}, competing processes={c['load']}):")
+    la = '' if c.get('load_average_before') is None else f", load average before {c['load_average_before']:.2f}"
+    print(f"{c['shape']} ({c['device']}, threads={c['threads']}, competing processes={c['load']}{la}):")
     for name, v in c['variants'].items():
         pf = '' if v['peak_fraction'] is None else f"  {100 * v['peak_fraction']:.0f}% of the matmul peak"
         if v.get('mfu') is not None: pf += f"  MFU {100 * v['mfu']:.0f}%"
