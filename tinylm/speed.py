@@ -20,10 +20,10 @@ from .hf import require_transformers, to_hf_gpt2
 from .experiments import Benchmark, interleaved_rates, ratio_interval, register_experiment
 
 # %% auto #0
-__all__ = ['BENCH_SHAPES', 'SPEED_SCALES', 'SPEED', 'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens',
-           'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores', 'machine_load',
-           'competing_load', 'step_benchmark', 'decode_vs_hf', 'cell_key', 'run_speed', 'print_cell', 'print_decode',
-           'speed_headline', 'cmd_bench']
+__all__ = ['BENCH_SHAPES', 'DECODE_SHAPES', 'SPEED_SCALES', 'SPEED', 'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from',
+           'MarkovTokens', 'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores',
+           'machine_load', 'competing_load', 'step_benchmark', 'decode_vs_hf', 'cell_key', 'run_speed', 'print_cell',
+           'print_decode', 'speed_headline', 'cmd_bench']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -233,13 +233,18 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
                 peak_flops={k: round(v) for k, v in peaks.items()}, variants=variants, ratios=ratios)
 
 # %% ../nbs/14b_speed.ipynb #6a2e3cc9
+DECODE_SHAPES = {   # gpt2-preset fields of the decode comparison: the default, and one where per-token overhead is nearly all
+    'small': dict(vocab_size=256, block_size=256, n_layer=4, d_model=256, n_head=4),
+    'tiny': dict(vocab_size=256, block_size=256, n_layer=2, d_model=64, n_head=2),
+}
+
 def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64, prompt_len: int = 16,
                  shape: dict | None = None, # gpt2 preset fields; default 4 layers, width 256, vocab 256
                 ) -> dict:
     "Greedy batch-1 decode tokens/s of tinylm `generate` and HF `generate` on the same weights, interleaved, tokens compared."
     try: require_transformers()
     except ImportError as e: return dict(skipped=f'needs transformers (pip install "tinylm[hf]"): {e}')
-    cfg = gpt2(**{**dict(vocab_size=256, block_size=256, n_layer=4, d_model=256, n_head=4), **(shape or {}), 'dropout': 0.0})
+    cfg = gpt2(**{**DECODE_SHAPES['small'], **(shape or {}), 'dropout': 0.0})
     old, before = torch.get_num_threads(), machine_load()
     if threads is not None: torch.set_num_threads(threads)
     try:
@@ -257,7 +262,7 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
                 t0 = time.perf_counter(); f(); rates[name].append(new_tokens / (time.perf_counter() - t0))
     finally:
         torch.set_num_threads(old)
-    return dict(model=cfg.to_dict(), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, identical_tokens=same,
+    return dict(model=cfg.to_dict(), params=sum(p.numel() for p in model.parameters()), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, identical_tokens=same,
                 load_average_before=before, commit=git_commit(),
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
                 tokens_per_s_rounds={k: [round(x, 1) for x in v] for k, v in rates.items()}, ratios=[_ratio(rates, 'tinylm', 'hf')])
@@ -286,9 +291,13 @@ def run_speed(scale: str, device: str | None = None, previous: dict | None = Non
                 res['cells'][key] = step_benchmark(shape, threads, n, s['rounds'], s['steps'], dev)
                 if verbose: print_cell(res['cells'][key])
                 if save is not None: save(res)
-    if 'decode' not in res and torch.device(dev).type == 'cpu':
-        res['decode'] = decode_vs_hf(1, s['decode_rounds'], s['decode_tokens'])
-        if verbose: print_decode(res['decode'])
+    if torch.device(dev).type == 'cpu':
+        for name, shape in DECODE_SHAPES.items():
+            key = 'decode' if name == 'small' else f'decode {name}'
+            if key in res: continue
+            res[key] = decode_vs_hf(1, s['decode_rounds'], s['decode_tokens'], shape=shape)
+            if verbose: print_decode(res[key])
+            if save is not None: save(res)
     return res
 
 def _interval(x: dict, d: int = 3) -> str:
@@ -309,7 +318,8 @@ def print_decode(d: dict) -> None:
     "The decode comparison in two lines."
     if 'skipped' in d: print('decode vs HF: skipped,', d['skipped']); return
     x = d['ratios'][0]
-    print(f"decode, batch 1, {d['new_tokens']} tokens, threads={d['threads']}: tinylm {d['tokens_per_s']['tinylm']:,.0f} tok/s, "
+    m = d['model']
+    print(f"decode, {m['n_layer']} layers x {m['d_model']} ({d['params'] / 1e6:.2f}M parameters), batch 1, {d['new_tokens']} tokens, threads={d['threads']}: tinylm {d['tokens_per_s']['tinylm']:,.0f} tok/s, "
           f"HF {d['tokens_per_s']['hf']:,.0f} tok/s; x{x['ratio']:.2f} {_interval(x, 2)}, identical tokens: {d['identical_tokens']}")
 
 def speed_headline(r: dict) -> list[str]:
@@ -319,8 +329,9 @@ def speed_headline(r: dict) -> list[str]:
         rs = {x['what']: x for x in c['ratios']}
         parts = [f"{w.split(' / ')[0]} x{rs[w]['ratio']:.2f} {_interval(rs[w], 2)}" for w in ('tinylm / reference', 'tinylm bf16 / reference') if w in rs]
         out.append(f"{c['shape']}, {c['threads']} threads, {'idle' if not c['load'] else str(c['load']) + ' busy processes'}: " + ', '.join(parts) + ' vs the reference')
-    d = r.get('decode') or {}
-    if 'ratios' in d: out.append(f"decode vs HF generate: x{d['ratios'][0]['ratio']:.2f} {_interval(d['ratios'][0], 2)}")
+    for key, d in r.items():
+        if key.startswith('decode') and 'ratios' in d:
+            out.append(f"decode ({d['params'] / 1e6:.1f}M parameters) vs HF generate: x{d['ratios'][0]['ratio']:.2f} {_interval(d['ratios'][0], 2)}")
     return out
 
 SPEED = register_experiment(Benchmark('14b_speed', run_speed, notebook='14b_speed', headline=speed_headline, resumable=True,
