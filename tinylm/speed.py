@@ -5,6 +5,8 @@
 # %% ../nbs/14b_speed.ipynb #2620ccab
 from __future__ import annotations
 import argparse, contextlib, math, os, statistics, subprocess, sys, time
+try: import resource                                        # CPU time of reaped children (POSIX)
+except ImportError: resource = None
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from .experiments import Benchmark, interleaved_rates, ratio_interval, register_
 # %% auto #0
 __all__ = ['BENCH_SHAPES', 'DECODE_SHAPES', 'SPEED_SCALES', 'SPEED', 'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from',
            'MarkovTokens', 'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores',
-           'machine_load', 'competing_load', 'step_benchmark', 'decode_vs_hf', 'cell_key', 'run_speed', 'print_cell',
+           'others_cpu', 'competing_load', 'step_benchmark', 'decode_vs_hf', 'cell_key', 'run_speed', 'print_cell',
            'print_decode', 'speed_headline', 'cmd_bench']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
@@ -161,9 +163,27 @@ def usable_cores() -> int:
     "The cores this process may run on."
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
-def machine_load() -> float | None:
-    "The 1-minute load average (runnable processes, all users), None where the OS has none: how idle 'idle' was."
-    return round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
+def _busy_cpu_seconds() -> float | None:
+    "CPU seconds all cores together have spent busy since boot (user, nice, system, irq, softirq, steal in /proc/stat); None off Linux."
+    try:
+        with open('/proc/stat') as f: v = [int(x) for x in f.readline().split()[1:9]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')    # less idle and iowait
+    except (OSError, ValueError, AttributeError): return None
+
+def _own_cpu_seconds() -> float:
+    "CPU seconds of this process (all its threads) and of its children that have been waited for."
+    r = resource.getrusage(resource.RUSAGE_CHILDREN) if resource else None
+    return time.process_time() + (r.ru_utime + r.ru_stime if r else 0.0)
+
+@contextlib.contextmanager
+def others_cpu():
+    "Yield a dict that gets `others_cores` when the block ends: the cores' worth of CPU that processes other than this one and its children used meanwhile (None off Linux). How idle 'idle' was."
+    out = {}
+    b0, o0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    try: yield out
+    finally:
+        b1, o1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        out['others_cores'] = None if b0 is None or b1 is None else round(max(0.0, (b1 - b0) - (o1 - o0)) / (t1 - t0), 2)
 
 @contextlib.contextmanager
 def competing_load(n_procs: int):
@@ -205,13 +225,13 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
     dev = resolve_device(device or 'cpu')
     cfg, batch = bench_config(shape)
     compile = dev.type == 'cuda' if compile is None else compile
-    old, before = torch.get_num_threads(), machine_load()
+    old = torch.get_num_threads()
     if threads is not None: torch.set_num_threads(threads)
     try:
         peaks = {'float32': matmul_peak(torch.float32, device=dev)}
         if bf16_is_native(dev): peaks['bfloat16'] = matmul_peak(torch.bfloat16, device=dev)
         trainers = _variants(cfg, batch, MarkovTokens(cfg.vocab_size), dev, compile)
-        with competing_load(load):
+        with others_cpu() as bg, competing_load(load):
             rates = interleaved_rates(trainers, rounds, steps, clock='wall', warmup=2)
             losses = {name: tr.train_step()[0].item() for name, tr in trainers.items()}   # one more step each: the same batch
     finally:
@@ -229,7 +249,7 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
     ratios = [_ratio(rates, a, b) for a, b in (('tinylm', 'reference'), ('tinylm bf16', 'reference bf16'), ('tinylm bf16', 'reference'),
                                                ('tinylm compiled', 'reference')) if a in rates and b in rates]
     return dict(shape=shape, model=cfg.to_dict(), batch_size=batch, threads=torch.get_num_threads() if threads is None else threads,
-                load=load, load_average_before=before, commit=git_commit(), rounds=rounds, steps=steps, device=str(dev), flops_per_token=flops,
+                load=load, others_cores=bg['others_cores'], commit=git_commit(), rounds=rounds, steps=steps, device=str(dev), flops_per_token=flops,
                 peak_flops={k: round(v) for k, v in peaks.items()}, variants=variants, ratios=ratios)
 
 # %% ../nbs/14b_speed.ipynb #6a2e3cc9
@@ -245,7 +265,7 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
     try: require_transformers()
     except ImportError as e: return dict(skipped=f'needs transformers (pip install "tinylm[hf]"): {e}')
     cfg = gpt2(**{**DECODE_SHAPES['small'], **(shape or {}), 'dropout': 0.0})
-    old, before = torch.get_num_threads(), machine_load()
+    old = torch.get_num_threads()
     if threads is not None: torch.set_num_threads(threads)
     try:
         torch.manual_seed(0); model = Transformer(cfg).eval(); hf = to_hf_gpt2(model).eval()
@@ -257,13 +277,14 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
                                    do_sample=False, pad_token_id=0)
         same = torch.equal(ours(), theirs())
         rates = {'tinylm': [], 'hf': []}
-        for _ in range(rounds):
-            for name, f in (('tinylm', ours), ('hf', theirs)):
-                t0 = time.perf_counter(); f(); rates[name].append(new_tokens / (time.perf_counter() - t0))
+        with others_cpu() as bg:
+            for _ in range(rounds):
+                for name, f in (('tinylm', ours), ('hf', theirs)):
+                    t0 = time.perf_counter(); f(); rates[name].append(new_tokens / (time.perf_counter() - t0))
     finally:
         torch.set_num_threads(old)
     return dict(model=cfg.to_dict(), params=sum(p.numel() for p in model.parameters()), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, identical_tokens=same,
-                load_average_before=before, commit=git_commit(),
+                others_cores=bg['others_cores'], commit=git_commit(),
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
                 tokens_per_s_rounds={k: [round(x, 1) for x in v] for k, v in rates.items()}, ratios=[_ratio(rates, 'tinylm', 'hf')])
 
@@ -306,7 +327,7 @@ def _interval(x: dict, d: int = 3) -> str:
 
 def print_cell(c: dict) -> None:
     "One benchmark cell: tokens/s, peak fraction and loss per variant, then the ratios with their intervals."
-    la = '' if c.get('load_average_before') is None else f", load average before {c['load_average_before']:.2f}"
+    la = '' if c.get('others_cores') is None else f", other processes meanwhile {c['others_cores']:.2f} cores"
     print(f"{c['shape']} ({c['device']}, threads={c['threads']}, competing processes={c['load']}{la}):")
     for name, v in c['variants'].items():
         pf = '' if v['peak_fraction'] is None else f"  {100 * v['peak_fraction']:.0f}% of the matmul peak"
@@ -320,7 +341,8 @@ def print_decode(d: dict) -> None:
     x = d['ratios'][0]
     m = d['model']
     print(f"decode, {m['n_layer']} layers x {m['d_model']} ({d['params'] / 1e6:.2f}M parameters), batch 1, {d['new_tokens']} tokens, threads={d['threads']}: tinylm {d['tokens_per_s']['tinylm']:,.0f} tok/s, "
-          f"HF {d['tokens_per_s']['hf']:,.0f} tok/s; x{x['ratio']:.2f} {_interval(x, 2)}, identical tokens: {d['identical_tokens']}")
+          f"HF {d['tokens_per_s']['hf']:,.0f} tok/s; x{x['ratio']:.2f} {_interval(x, 2)}, identical tokens: {d['identical_tokens']}"
+          + ('' if d.get('others_cores') is None else f"; other processes meanwhile {d['others_cores']:.2f} cores"))
 
 def speed_headline(r: dict) -> list[str]:
     "One line per idle/loaded cell of tinylm against the reference in float32 (and bf16 where timed), and the decode ratio."
