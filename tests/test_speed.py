@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import tinylm  # noqa: F401  (fills every registry)
+from tinylm.cli import RUN_PRESETS
 from tinylm.model import Transformer
 from tinylm.modern import gpt2
-from tinylm.speed import (MarkovTokens, ReferenceTrainer, bench_config, cell_key, competing_load, reference_from,
-                          run_speed, speed_headline, step_benchmark)
+from tinylm.speed import (MAIN_JOB, MarkovTokens, ReferenceTrainer, bench_config, cell_key, competing_load, reference_from,
+                          run_speed, run_threads, speed_headline, step_benchmark, thread_benchmark)
 from tinylm.training import TrainConfig, Trainer
 
 
@@ -95,3 +96,25 @@ def test_tinylm_bench_prints_the_comparison_and_refuses_bad_arguments():
     assert r.returncode != 0 and '--rounds must be a positive integer, got 0' in r.stderr
     r = run('--shape', 'medium')
     assert r.returncode != 0 and "invalid choice: 'medium'" in r.stderr
+
+
+def test_main_job_shape_is_the_default_run_preset():
+    "The thread study times the step `tinylm train` runs by default: same model preset, fields and batch as 05a's preset."
+    p = RUN_PRESETS['default']
+    s = dict(MAIN_JOB)
+    assert (s.pop('model'), s.pop('batch_size'), s.pop('lr')) == (p.model, p.train.batch_size, p.train.lr)
+    assert {k: s[k] for k in p.model_overrides} == p.model_overrides
+    assert s['vocab_size'] == 66   # the character vocabulary of KJV, which the main job trains on (main_job-cpu.json)
+
+
+def test_thread_benchmark_restores_threads_and_run_threads_resumes():
+    before = torch.get_num_threads()
+    t = thread_benchmark((1, 2), rounds=1, steps=1)
+    assert torch.get_num_threads() == before and set(t['tokens_per_s']) == {'1 thread', '2 threads'}
+    assert t['ratios'][0]['what'] == '2 threads / 1 thread' and t['tokens_per_s']['1 thread'] > 0
+    saved = []
+    r = run_threads('tiny', save=saved.append, verbose=False)
+    assert list(r['cells']) == ['load=0 spin'] and len(saved) == 1
+    assert run_threads('tiny', previous=r, save=saved.append, verbose=False) is r and len(saved) == 1   # nothing left to do
+    with pytest.raises(ValueError, match="allowed: 'tiny', 'cpu'"): run_threads('gpu')
+    with pytest.raises(ValueError, match='times the CPU'): run_threads('tiny', device='cuda')

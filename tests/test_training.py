@@ -221,6 +221,12 @@ class SigintAfter(InterruptAfter):
 
 
 def test_ctrl_c_finishes_the_step_and_resumes_exactly(data, tmp_path):
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C as in a terminal, even in a background job (SIGINT ignored)
+    try: _ctrl_c_finishes_the_step_and_resumes_exactly(data, tmp_path)
+    finally: signal.signal(signal.SIGINT, old)
+
+
+def _ctrl_c_finishes_the_step_and_resumes_exactly(data, tmp_path):
     full = train(MODEL, TrainConfig(**KW), data, tmp_path / 'full')
     with pytest.raises(KeyboardInterrupt):
         train(MODEL, TrainConfig(**KW), SigintAfter(data, 13), tmp_path / 'cut')

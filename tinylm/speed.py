@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 
 from .core import COMMANDS, Command, autocast, environment_info, git_commit, peak_flops, resolve_device
-from .model import ModelConfig, Transformer
+from .model import MODEL_PRESETS, ModelConfig, Transformer
 from .generation import generate
 from .training import TrainConfig, Trainer, lr_at
 from .modern import gpt2
@@ -22,10 +22,11 @@ from .hf import require_transformers, to_hf_gpt2
 from .experiments import Benchmark, interleaved_rates, ratio_interval, register_experiment
 
 # %% auto #0
-__all__ = ['BENCH_SHAPES', 'DECODE_SHAPES', 'SPEED_SCALES', 'SPEED', 'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from',
-           'MarkovTokens', 'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores',
-           'others_cpu', 'competing_load', 'step_benchmark', 'decode_vs_hf', 'cell_key', 'run_speed', 'print_cell',
-           'print_decode', 'speed_headline', 'cmd_bench']
+__all__ = ['BENCH_SHAPES', 'LOAD_KINDS', 'DECODE_SHAPES', 'MAIN_JOB', 'THREAD_SCALES', 'THREADS', 'SPEED_SCALES', 'SPEED',
+           'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens', 'ReferenceTrainer',
+           'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores', 'others_cpu', 'competing_load',
+           'step_benchmark', 'decode_vs_hf', 'AtThreads', 'thread_benchmark', 'print_threads', 'run_threads',
+           'threads_headline', 'cell_key', 'run_speed', 'print_cell', 'print_decode', 'speed_headline', 'cmd_bench']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -185,12 +186,22 @@ def others_cpu():
         b1, o1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
         out['others_cores'] = None if b0 is None or b1 is None else round(max(0.0, (b1 - b0) - (o1 - o0)) / (t1 - t0), 2)
 
+LOAD_KINDS = {   # kind -> what each competing process runs
+    'spin': 'while True: pass',                                    # a pure-Python loop: one core's worth, no threads
+    'torch': ('import torch\na = torch.randn(512, 512)\nprint("ready", flush=True)\n'
+              'while True: a @ a'),                                # another torch job at torch's default threads (one per core)
+}
+
 @contextlib.contextmanager
-def competing_load(n_procs: int):
-    "Keep `n_procs` busy processes (a pure-Python loop each, one core's worth) running for the length of the block."
+def competing_load(n_procs: int, kind: str = 'spin'):
+    "Keep `n_procs` busy processes of `kind` (see `LOAD_KINDS`) running for the length of the block."
     if not isinstance(n_procs, int) or n_procs < 0: raise ValueError(f'n_procs must be a non-negative integer, got {n_procs!r}')
-    procs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(n_procs)]
+    if kind not in LOAD_KINDS: raise ValueError(f"unknown load kind {kind!r}; allowed: {', '.join(map(repr, LOAD_KINDS))}")
+    procs = [subprocess.Popen([sys.executable, '-c', LOAD_KINDS[kind]], stdout=subprocess.PIPE, text=True) for _ in range(n_procs)]
     try:
+        for p in procs:
+            if kind == 'torch' and p.stdout.readline().strip() != 'ready':   # its import takes a second or two
+                raise RuntimeError(f'a competing torch process did not start (exit code {p.wait()})')
         time.sleep(0.2 if procs else 0)                            # let them start spinning
         yield procs
     finally:
@@ -287,6 +298,89 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
                 others_cores=bg['others_cores'], commit=git_commit(),
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
                 tokens_per_s_rounds={k: [round(x, 1) for x in v] for k, v in rates.items()}, ratios=[_ratio(rates, 'tinylm', 'hf')])
+
+# %% ../nbs/14b_speed.ipynb #84f34cb1
+MAIN_JOB = dict(model='baseline_2017', vocab_size=66, block_size=128, n_layer=4, n_head=4, d_model=128, dropout=0.0,
+                tie_embeddings=False, batch_size=32, lr=3e-3)   # `tinylm train`'s default preset on KJV characters (05a)
+
+class AtThreads:
+    "A trainer whose every step runs at `n` torch threads, so thread counts can be timed against each other in one process."
+    def __init__(self, trainer: Trainer, n: int): self.trainer, self.n, self.device = trainer, n, trainer.device
+    def train_step(self):
+        torch.set_num_threads(self.n)
+        return self.trainer.train_step()
+
+def _thread_label(n: int) -> str: return f"{n} thread{'s' if n > 1 else ''}"
+
+def thread_benchmark(threads: tuple = (1, 2), # thread counts to compare; the first is the baseline of the ratios
+                     load: int = 0, kind: str = 'spin', # competing processes meanwhile, and what they run (`LOAD_KINDS`)
+                     rounds: int = 7, steps: int = 4) -> dict:
+    "Tokens/s of the main job's training step at each thread count, interleaved in one process, with ratios to the first (95% intervals)."
+    if not threads or any(not isinstance(n, int) or n < 1 for n in threads):
+        raise ValueError(f'threads must be positive integers, got {threads!r}')
+    s = dict(MAIN_JOB); name, batch, lr = s.pop('model'), s.pop('batch_size'), s.pop('lr')
+    cfg = MODEL_PRESETS[name](**s)
+    tcfg = TrainConfig(max_steps=10 ** 6, batch_size=batch, lr=lr, warmup_steps=10, device='cpu', progress=False, seed=0)
+    data, old = MarkovTokens(cfg.vocab_size), torch.get_num_threads()
+    try:
+        trainers = {_thread_label(n): AtThreads(Trainer(cfg, tcfg, data), n) for n in threads}
+        with others_cpu() as bg, competing_load(load, kind):
+            rates = interleaved_rates(trainers, rounds, steps, clock='wall', warmup=2)
+    finally:
+        torch.set_num_threads(old)
+    tokens, base = batch * cfg.block_size, _thread_label(threads[0])
+    return dict(job="the main job's step", model=cfg.to_dict(), batch_size=batch, threads=list(threads), load=load, kind=kind,
+                cores=usable_cores(), others_cores=bg['others_cores'], rounds=rounds, steps=steps, commit=git_commit(),
+                tokens_per_s={k: round(statistics.median(r) * tokens, 1) for k, r in rates.items()},
+                tokens_per_s_rounds={k: [round(x * tokens, 1) for x in r] for k, r in rates.items()},
+                ratios=[_ratio(rates, k, base) for k in rates if k != base])
+
+def print_threads(t: dict) -> None:
+    "One thread comparison: tokens/s per thread count and the ratios with their intervals."
+    what = 'idle' if not t['load'] else f"{t['load']} competing {t['kind']} process{'es' if t['load'] > 1 else ''}"
+    oc = '' if t.get('others_cores') is None else f", other processes meanwhile {t['others_cores']:.2f} cores"
+    print(f"{t['job']}, {what}{oc}: " + ', '.join(f'{k} {v:,.0f} tok/s' for k, v in t['tokens_per_s'].items()))
+    for x in t['ratios']:
+        iv = '(one round: no interval)' if x['lo'] is None else f"[{x['lo']:.2f}, {x['hi']:.2f}]"
+        print(f"  {x['what']:<22} x{x['ratio']:.2f} {iv}: {x['verdict']}")
+
+# %% ../nbs/14b_speed.ipynb #50a9368d
+THREAD_SCALES = {   # scale -> (competing processes, kind) cells ('cores' = one per core), rounds, steps
+    'tiny': dict(loads=((0, 'spin'),), rounds=2, steps=1),
+    'cpu': dict(loads=((0, 'spin'), ('cores', 'spin'), (1, 'torch')), rounds=9, steps=4),
+}
+
+def run_threads(scale: str, device: str | None = None, previous: dict | None = None, save=None, verbose: bool = True) -> dict:
+    "The main job's step at 1 thread and at one per core, under each load of `scale`, each saved when done."
+    if scale not in THREAD_SCALES:
+        raise ValueError(f"14b_threads has no {scale!r} scale (thread counts are a CPU question); allowed: {', '.join(map(repr, THREAD_SCALES))}")
+    if device not in (None, 'cpu'): raise ValueError(f"14b_threads times the CPU; got device={device!r}")
+    s = THREAD_SCALES[scale]
+    threads = tuple(sorted({1, usable_cores()}))
+    res = previous or dict(cells={}, settings=s, cores=usable_cores(), environment=environment_info('cpu'))
+    for load, kind in s['loads']:
+        n = usable_cores() if load == 'cores' else load
+        key = f'load={n} {kind}'
+        if key in res['cells']: continue
+        res['cells'][key] = thread_benchmark(threads, n, kind, s['rounds'], s['steps'])
+        if verbose: print_threads(res['cells'][key])
+        if save is not None: save(res)
+    return res
+
+def threads_headline(r: dict) -> list[str]:
+    "One line per load: the main job's tokens/s at each thread count and the ratio."
+    out = []
+    for c in r['cells'].values():
+        what = 'idle' if not c['load'] else f"{c['load']} competing {c['kind']}"
+        x = c['ratios'][0] if c['ratios'] else None
+        out.append(f"{what}: " + ', '.join(f'{k} {v:,.0f} tok/s' for k, v in c['tokens_per_s'].items())
+                   + ('' if x is None else f" ({x['what']} x{x['ratio']:.2f} {_interval(x, 2)})"))
+    return out
+
+THREADS = register_experiment(Benchmark('14b_threads', run_threads, notebook='14b_speed', headline=threads_headline, resumable=True,
+    description="the main job's training step at 1 thread and at one per core: idle, under spinning processes, under another torch job",
+    plan=lambda scale: [f"load={l} {k}: {THREAD_SCALES[scale]['rounds']} rounds x {THREAD_SCALES[scale]['steps']} steps per thread count"
+                        for l, k in THREAD_SCALES[scale]['loads']]))
 
 # %% ../nbs/14b_speed.ipynb #0d068845
 SPEED_SCALES = {   # scale -> shapes, thread counts, loads ('cores' = one busy process per core), rounds x steps, decode rounds
