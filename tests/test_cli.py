@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tinylm.cli import main
+from tinylm.core import threads_for, usable_cores
+from tinylm.speed import competing_load
 from tinylm.training import load_checkpoint, read_metrics
 
 
@@ -146,3 +149,16 @@ def test_threads_are_set_and_checked(capsys, tmp_path):
     finally: torch.set_num_threads(before)
     with pytest.raises(SystemExit): main(['train', '--threads', '0'])
     assert "argument --threads: '0' is not a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason='one core: there is nothing to choose')
+def test_train_takes_the_cores_other_processes_leave(capsys, tmp_path):
+    "On a machine whose cores are all busy, `tinylm train` takes one thread and says so; --threads decides instead; the caller's threads stay."
+    before = torch.get_num_threads()
+    with competing_load(usable_cores()):
+        rc, out, _ = run(capsys, 'train', '--preset', 'tiny', '--max-steps', '4', '--out', str(tmp_path / 'a'), '--no-progress')
+        assert rc == 0 and f'threads: 1 of {usable_cores()} cores (other processes kept' in out
+        rc, out, _ = run(capsys, 'train', '--preset', 'tiny', '--max-steps', '4', '--out', str(tmp_path / 'b'), '--no-progress', '--threads', '2')
+        assert rc == 0 and 'threads:' not in out
+    assert torch.get_num_threads() == before
+    assert [threads_for(4, x) for x in (None, 0.0, 1.4, 2.6, 9.0)] == [4, 4, 3, 1, 1]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .core import COMMANDS, Command, Registry, atomic_write, count_params, environment_info, fmt_count, parse_assignments, resolve_device
+from .core import (COMMANDS, Command, Registry, atomic_write, choose_threads, count_params, environment_info, fmt_count,
+                         parse_assignments, resolve_device, usable_cores)
 from .data import CORPORA, prepare_dataset
 from .tokenizer import TOKENIZER_SPECS, corpus_tokenizer, tokenizer_from_dict
 from .model import MODEL_PRESETS, ModelConfig, Transformer
@@ -80,17 +81,27 @@ def resolve_run(args) -> tuple[RunPreset, ModelConfig, TrainConfig]:
 
 def cmd_train(args) -> int:
     "Train a model and leave a run folder with checkpoint, metrics, loss plot and a sample."
+    threads = torch.get_num_threads()
+    try: return _train(args)
+    finally: torch.set_num_threads(threads)   # called in-process (a notebook, a test), the caller keeps its threads
+
+def _train(args) -> int:
     preset, overrides, tcfg = resolve_run(args)
     rank, world, local = launched()                    # (0, 1, 0) unless torchrun started this process
     if world > 1 and tcfg.parallel == 'none':
         raise ValueError(f"this is one of {world} processes started by torchrun, but parallel='none': each would train its own copy "
                          "into the same folder; add --set parallel=ddp (or fsdp)")
     say = print if rank == 0 else (lambda *a, **k: None)   # rank 0 alone talks
-    if args.threads is not None: torch.set_num_threads(args.threads)
     corpus, spec = args.corpus or preset.corpus, args.tokenizer or preset.tokenizer
     model_name = args.model or preset.model
     MODEL_PRESETS.check(model_name, '--model')
     resolve_device(tcfg.device)  # fail before any data work if the device is wrong
+    if args.threads is not None: torch.set_num_threads(args.threads)
+    elif world == 1 and 'OMP_NUM_THREADS' not in os.environ and resolve_device(tcfg.device).type == 'cpu':
+        n, others = choose_threads()     # the cores other processes leave (notebook 14b measured why; see "Threads" below)
+        torch.set_num_threads(n)
+        if others is not None and n < usable_cores():
+            say(f'threads: {n} of {usable_cores()} cores (other processes kept {others:.1f} cores busy just now; --threads N to choose)')
     out = Path(args.out) if args.out else Path('runs') / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.preset}"
     t0 = time.perf_counter()
     if world > 1:   # rank 0 builds the tokenizer and token files, the others then open them from the cache
@@ -227,7 +238,7 @@ def _train_args(p):
     p.add_argument('--seed', type=non_negative_int, help='seed for init, dropout and data order')
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
-    p.add_argument('--threads', type=positive_int, help="torch's CPU threads for this process (default: torch's choice, one per core)")
+    p.add_argument('--threads', type=positive_int, help="torch's CPU threads for this process (default: one per core, less the cores other processes keep busy as the run starts; OMP_NUM_THREADS, if set, decides instead)")
     p.add_argument('--out', help='run folder (default: runs/TIMESTAMP-PRESET)')
     p.add_argument('--resume', action='store_true', help='continue from OUT/ckpt.pt')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')

@@ -5,6 +5,8 @@
 # %% ../nbs/00_core.ipynb #894884aa
 from __future__ import annotations
 import contextlib, dataclasses, math, os, random, tempfile, time, typing
+try: import resource                                        # CPU time of reaped children (POSIX)
+except ImportError: resource = None
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +17,10 @@ from .registry import Registry, Command, COMMANDS   # torch-free, in their own m
 
 # %% auto #0
 __all__ = ['PEAK_BF16_FLOPS', 'default_device', 'resolve_device', 'autocast_dtype', 'autocast', 'seed_everything', 'count_params',
-           'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'atomic_write', 'config_from_dict', 'check_field_types',
-           'parse_assignments', 'device_name', 'cpu_model', 'source_root', 'git_commit', 'git_diff_hash',
-           'package_version', 'environment_info', 'fmt_count']
+           'flops_per_token', 'peak_flops', 'mfu', 'Timer', 'usable_cores', 'others_cpu', 'threads_for',
+           'choose_threads', 'atomic_write', 'config_from_dict', 'check_field_types', 'parse_assignments',
+           'device_name', 'cpu_model', 'source_root', 'git_commit', 'git_diff_hash', 'package_version',
+           'environment_info', 'fmt_count']
 
 # %% ../nbs/00_core.ipynb #61493669
 def default_device() -> str:
@@ -108,6 +111,42 @@ class Timer:
         self._sync(); self.start = time.perf_counter(); self.elapsed = None; return self
     def __exit__(self, *exc):
         self._sync(); self.elapsed = time.perf_counter() - self.start
+
+# %% ../nbs/00_core.ipynb #0f8bebe1
+def usable_cores() -> int:
+    "The cores this process may run on."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+def _busy_cpu_seconds() -> float | None:
+    "CPU seconds all cores together have spent busy since boot (user, nice, system, irq, softirq, steal in /proc/stat); None off Linux."
+    try:
+        with open('/proc/stat') as f: v = [int(x) for x in f.readline().split()[1:9]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')    # less idle and iowait
+    except (OSError, ValueError, AttributeError): return None
+
+def _own_cpu_seconds() -> float:
+    "CPU seconds of this process (all its threads) and of its children that have been waited for."
+    r = resource.getrusage(resource.RUSAGE_CHILDREN) if resource else None
+    return time.process_time() + (r.ru_utime + r.ru_stime if r else 0.0)
+
+@contextlib.contextmanager
+def others_cpu():
+    "Yield a dict that gets `others_cores` when the block ends: the cores' worth of CPU that processes other than this one and its children used meanwhile (None off Linux)."
+    out = {}
+    b0, o0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+    try: yield out
+    finally:
+        b1, o1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
+        out['others_cores'] = None if b0 is None or b1 is None else round(max(0.0, (b1 - b0) - (o1 - o0)) / (t1 - t0), 2)
+
+def threads_for(cores: int, others: float | None) -> int:
+    "Torch threads for a job on `cores` cores while other processes keep `others` cores busy (None: unknown): the cores they leave, at least one."
+    return cores if others is None else max(1, cores - round(others))
+
+def choose_threads(seconds: float = 0.3) -> tuple[int, float | None]:
+    "Look at the machine for `seconds` and return (`threads_for` the cores other processes left, the cores they used)."
+    with others_cpu() as bg: time.sleep(seconds)
+    return threads_for(usable_cores(), bg['others_cores']), bg['others_cores']
 
 # %% ../nbs/00_core.ipynb #569dcf9f
 @contextlib.contextmanager

@@ -5,15 +5,13 @@
 # %% ../nbs/14b_speed.ipynb #2620ccab
 from __future__ import annotations
 import argparse, contextlib, math, os, statistics, subprocess, sys, time
-try: import resource                                        # CPU time of reaped children (POSIX)
-except ImportError: resource = None
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 
-from .core import COMMANDS, Command, autocast, environment_info, git_commit, peak_flops, resolve_device
+from .core import COMMANDS, Command, autocast, environment_info, git_commit, others_cpu, peak_flops, resolve_device, usable_cores
 from .model import MODEL_PRESETS, ModelConfig, Transformer
 from .generation import generate
 from .training import TrainConfig, Trainer, lr_at
@@ -24,9 +22,9 @@ from .experiments import Benchmark, interleaved_rates, ratio_interval, register_
 # %% auto #0
 __all__ = ['BENCH_SHAPES', 'LOAD_KINDS', 'DECODE_SHAPES', 'MAIN_JOB', 'THREAD_SCALES', 'THREADS', 'SPEED_SCALES', 'SPEED',
            'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens', 'ReferenceTrainer',
-           'bench_config', 'bf16_is_native', 'matmul_peak', 'usable_cores', 'others_cpu', 'competing_load',
-           'step_benchmark', 'decode_vs_hf', 'AtThreads', 'thread_benchmark', 'print_threads', 'run_threads',
-           'threads_headline', 'cell_key', 'run_speed', 'print_cell', 'print_decode', 'speed_headline', 'cmd_bench']
+           'bench_config', 'bf16_is_native', 'matmul_peak', 'competing_load', 'step_benchmark', 'decode_vs_hf',
+           'AtThreads', 'thread_benchmark', 'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed',
+           'print_cell', 'print_decode', 'speed_headline', 'cmd_bench']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -159,32 +157,6 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, device: str |
         _sync(dev); t = (time.perf_counter() - t0) / reps
         if i: best = min(best, t)                                # the first run warms up
     return 2 * n ** 3 / best
-
-def usable_cores() -> int:
-    "The cores this process may run on."
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
-
-def _busy_cpu_seconds() -> float | None:
-    "CPU seconds all cores together have spent busy since boot (user, nice, system, irq, softirq, steal in /proc/stat); None off Linux."
-    try:
-        with open('/proc/stat') as f: v = [int(x) for x in f.readline().split()[1:9]]
-        return (sum(v) - v[3] - v[4]) / os.sysconf('SC_CLK_TCK')    # less idle and iowait
-    except (OSError, ValueError, AttributeError): return None
-
-def _own_cpu_seconds() -> float:
-    "CPU seconds of this process (all its threads) and of its children that have been waited for."
-    r = resource.getrusage(resource.RUSAGE_CHILDREN) if resource else None
-    return time.process_time() + (r.ru_utime + r.ru_stime if r else 0.0)
-
-@contextlib.contextmanager
-def others_cpu():
-    "Yield a dict that gets `others_cores` when the block ends: the cores' worth of CPU that processes other than this one and its children used meanwhile (None off Linux). How idle 'idle' was."
-    out = {}
-    b0, o0, t0 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-    try: yield out
-    finally:
-        b1, o1, t1 = _busy_cpu_seconds(), _own_cpu_seconds(), time.perf_counter()
-        out['others_cores'] = None if b0 is None or b1 is None else round(max(0.0, (b1 - b0) - (o1 - o0)) / (t1 - t0), 2)
 
 LOAD_KINDS = {   # kind -> what each competing process runs
     'spin': 'while True: pass',                                    # a pure-Python loop: one core's worth, no threads
@@ -444,7 +416,7 @@ def speed_headline(r: dict) -> list[str]:
     for c in r['cells'].values():
         rs = {x['what']: x for x in c['ratios']}
         parts = [f"{w.split(' / ')[0]} x{rs[w]['ratio']:.2f} {_interval(rs[w], 2)}" for w in ('tinylm / reference', 'tinylm bf16 / reference') if w in rs]
-        out.append(f"{c['shape']}, {c['threads']} threads, {'idle' if not c['load'] else str(c['load']) + ' busy processes'}: " + ', '.join(parts) + ' vs the reference')
+        out.append(f"{c['shape']}, {'default threads' if c['threads'] is None else _thread_label(c['threads'])}, {'idle' if not c['load'] else str(c['load']) + ' busy processes'}: " + ', '.join(parts) + ' vs the reference')
     for key, d in r.items():
         if key.startswith('decode') and 'ratios' in d:
             out.append(f"decode ({d['params'] / 1e6:.1f}M parameters) vs HF generate: x{d['ratios'][0]['ratio']:.2f} {_interval(d['ratios'][0], 2)}")
