@@ -145,8 +145,9 @@ def test_threads_are_set_and_checked(capsys, tmp_path):
     before = torch.get_num_threads()
     try:
         rc, out, err = run(capsys, 'train', '--preset', 'tiny', '--out', str(tmp_path / 'r'), '--no-progress', '--max-steps', '2', '--threads', '1')
-        assert rc == 0 and torch.get_num_threads() == 1
+        assert rc == 0 and torch.get_num_threads() == before       # the caller's threads are left as they were
     finally: torch.set_num_threads(before)
+    assert ', 1 torch threads)' in json.loads((tmp_path / 'r' / 'summary.json').read_text())['device_name']   # it trained on one
     with pytest.raises(SystemExit): main(['train', '--threads', '0'])
     assert "argument --threads: '0' is not a positive integer" in capsys.readouterr().err
 

@@ -76,7 +76,7 @@ def test_run_speed_saves_each_cell_and_resumes():
     assert list(res['cells']) == [key] and saved and key in saved[-1]
     again = run_speed('tiny', previous=res, verbose=False)
     assert again['cells'][key] is res['cells'][key]   # a finished cell is kept, not measured again
-    assert any(line.startswith('tiny, 1 threads, idle: tinylm x') for line in speed_headline(res))
+    assert any(line.startswith('tiny, 1 thread, idle: tinylm x') for line in speed_headline(res))
     with pytest.raises(ValueError, match="no 'huge' scale; allowed: 'tiny'"): run_speed('huge')
 
 
