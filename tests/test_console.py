@@ -75,7 +75,7 @@ def test_the_lazy_package_is_the_whole_package():
               "print(Transformer is tinylm.model.Transformer, all(hasattr(tinylm, n) for n in tinylm.__all__), "
               "'modern' in list(MODEL_PRESETS), sorted(COMMANDS), 'positions' in dir(tinylm))")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.split() == ['True', 'True', 'True', "['corpora',", "'experiment',", "'presets',", "'sample',", "'train']", 'True']
+    assert p.stdout.split() == ['True', 'True', 'True', "['bench',", "'corpora',", "'experiment',", "'presets',", "'sample',", "'train']", 'True']
 
 
 def test_a_module_imported_alone_sees_every_registered_name():

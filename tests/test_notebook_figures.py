@@ -16,7 +16,7 @@ import pytest
 NBS = Path(__file__).resolve().parent.parent / 'nbs'
 
 # the notebooks whose prose is told from computed outputs (06-20 and the index); PENDING holds any still being re-told
-CHECKED = ['06_experiments', '07_prenorm', '08_rmsnorm', '09_no_bias', '10_glu', '11_positions', '12_gqa', '13_stability', '14_modern',
+CHECKED = ['06_experiments', '07_prenorm', '08_rmsnorm', '09_no_bias', '10_glu', '11_positions', '12_gqa', '13_stability', '14_modern', '14b_speed',
            '15_hyperparameters', '16_scaling_laws', '17_knowledge', '18_cramming', '19_dynamics', '20_distributed', 'index']
 PENDING = []
 
