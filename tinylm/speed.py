@@ -194,6 +194,10 @@ def _variants(cfg: ModelConfig, batch: int, data, device: torch.device, compile:
     if compile: out['tinylm compiled'] = Trainer(cfg, tcfg.replace(dtype=dtypes[''], compile=True), data)
     return out
 
+def _interval(x: dict, d: int = 3) -> str:
+    "'[lo, hi]', or '(one round: no interval)'."
+    return '(one round: no interval)' if x['lo'] is None else f"[{x['lo']:.{d}f}, {x['hi']:.{d}f}]"
+
 def _ratio(rates: dict, a: str, b: str) -> dict:
     r = ratio_interval(rates[a], rates[b], below='slower', above='faster')
     return dict(what=f'{a} / {b}', **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
@@ -307,14 +311,15 @@ def thread_benchmark(threads: tuple = (1, 2), # thread counts to compare; the fi
                 tokens_per_s_rounds={k: [round(x * tokens, 1) for x in r] for k, r in rates.items()},
                 ratios=[_ratio(rates, k, base) for k in rates if k != base])
 
+def _load_label(t: dict) -> str:
+    return 'idle' if not t['load'] else f"{t['load']} competing {t['kind']} process{'es' if t['load'] > 1 else ''}"
+
 def print_threads(t: dict) -> None:
     "One thread comparison: tokens/s per thread count and the ratios with their intervals."
-    what = 'idle' if not t['load'] else f"{t['load']} competing {t['kind']} process{'es' if t['load'] > 1 else ''}"
     oc = '' if t.get('others_cores') is None else f", other processes meanwhile {t['others_cores']:.2f} cores"
-    print(f"{t['job']}, {what}{oc}: " + ', '.join(f'{k} {v:,.0f} tok/s' for k, v in t['tokens_per_s'].items()))
+    print(f"{t['job']}, {_load_label(t)}{oc}: " + ', '.join(f'{k} {v:,.0f} tok/s' for k, v in t['tokens_per_s'].items()))
     for x in t['ratios']:
-        iv = '(one round: no interval)' if x['lo'] is None else f"[{x['lo']:.2f}, {x['hi']:.2f}]"
-        print(f"  {x['what']:<22} x{x['ratio']:.2f} {iv}: {x['verdict']}")
+        print(f"  {x['what']:<22} x{x['ratio']:.2f} {_interval(x, 2)}: {x['verdict']}")
 
 # %% ../nbs/14b_speed.ipynb #50a9368d
 THREAD_SCALES = {   # scale -> (competing processes, kind) cells ('cores' = one per core), rounds, steps
@@ -343,9 +348,8 @@ def threads_headline(r: dict) -> list[str]:
     "One line per load: the main job's tokens/s at each thread count and the ratio."
     out = []
     for c in r['cells'].values():
-        what = 'idle' if not c['load'] else f"{c['load']} competing {c['kind']}"
         x = c['ratios'][0] if c['ratios'] else None
-        out.append(f"{what}: " + ', '.join(f'{k} {v:,.0f} tok/s' for k, v in c['tokens_per_s'].items())
+        out.append(f"{_load_label(c)}: " + ', '.join(f'{k} {v:,.0f} tok/s' for k, v in c['tokens_per_s'].items())
                    + ('' if x is None else f" ({x['what']} x{x['ratio']:.2f} {_interval(x, 2)})"))
     return out
 
@@ -386,10 +390,6 @@ def run_speed(scale: str, device: str | None = None, previous: dict | None = Non
             if verbose: print_decode(res[key])
             if save is not None: save(res)
     return res
-
-def _interval(x: dict, d: int = 3) -> str:
-    "'[lo, hi]', or '(one round: no interval)'."
-    return '(one round: no interval)' if x['lo'] is None else f"[{x['lo']:.{d}f}, {x['hi']:.{d}f}]"
 
 def print_cell(c: dict) -> None:
     "One benchmark cell: tokens/s, peak fraction and loss per variant, then the ratios with their intervals."
