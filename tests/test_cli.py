@@ -54,7 +54,8 @@ def test_console_script_train_then_sample(tmp_path):
 
 
 def test_resume_from_the_command_line_matches_an_uninterrupted_run(tmp_path, capsys):
-    common = ['train', '--preset', 'tiny', '--no-progress', '--set', 'log_interval=1', '--set', 'dropout=0.1']
+    # bit-identical only at one thread count: a matmul's reductions split differently across 1 and 2 threads
+    common = ['train', '--preset', 'tiny', '--no-progress', '--threads', '1', '--set', 'log_interval=1', '--set', 'dropout=0.1']
     assert run(capsys, *common, '--out', str(tmp_path / 'full'))[0] == 0
     # a run planned for 30 steps whose time budget ran out after its first step, then resumed
     assert run(capsys, *common, '--out', str(tmp_path / 'cut'), '--set', 'max_seconds=1e-9')[0] == 0
