@@ -43,14 +43,17 @@ def test_console_script_train_then_sample(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert s.returncode == 0, s.stderr
     assert s.stdout.startswith('And the') and len(s.stdout.rstrip('\n')) == len('And the') + 30
+
+
+def test_sampling_options_from_the_command_line(capsys, tmp_path):
+    assert run(capsys, 'train', '--preset', 'tiny', '--max-steps', '4', '--out', str(tmp_path / 'r'), '--no-progress', '--threads', '1')[0] == 0
     # nucleus sampling and a stop character: the continuation ends at the first 'e' it generates
-    s = subprocess.run([exe, 'sample', str(out), '--prompt', 'And th', '--tokens', '60', '--top-p', '0.9', '--stop', 'e'],
-                       capture_output=True, text=True, env=env, timeout=120)
-    assert s.returncode == 0, s.stderr
-    cont = s.stdout.rstrip('\n')[len('And th'):]
-    assert 'e' not in cont[:-1] and (cont.endswith('e') or len(cont) == 60), cont
-    s = subprocess.run([exe, 'sample', str(out), '--top-p', '1.5'], capture_output=True, text=True, env=env, timeout=120)
-    assert s.returncode == 2 and "argument --top-p: '1.5' is not a number in (0, 1]" in s.stderr
+    rc, out, err = run(capsys, 'sample', str(tmp_path / 'r'), '--prompt', 'And th', '--tokens', '60', '--top-p', '0.9', '--stop', 'e')
+    assert rc == 0, err
+    cont = out.rstrip('\n')[len('And th'):]
+    assert out.startswith('And th') and 'e' not in cont[:-1] and (cont.endswith('e') or len(cont) == 60), cont
+    with pytest.raises(SystemExit) as e: main(['sample', str(tmp_path / 'r'), '--top-p', '1.5'])
+    assert e.value.code == 2 and "argument --top-p: '1.5' is not a number in (0, 1]" in capsys.readouterr().err
 
 
 def test_resume_from_the_command_line_matches_an_uninterrupted_run(tmp_path, capsys):

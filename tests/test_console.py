@@ -87,27 +87,29 @@ def test_a_module_imported_alone_sees_every_registered_name():
 
 
 @pytest.mark.parametrize('argv', [['presets'], ['corpora'], ['--help'], ['train', '--help']])
-def test_a_second_run_is_answered_from_the_cache_without_torch(tmp_path, argv):
-    env = {'TINYLM_CACHE_DIR': str(tmp_path)}
-    cold, t_cold = py(PROBE, *argv, env=env)
-    warm, t_warm = py(PROBE, *argv, env=env)
-    print(f"tinylm {' '.join(argv)}: cold {t_cold:.2f} s, warm {t_warm:.2f} s")
-    assert cold.returncode == 0 and warm.returncode == 0, cold.stderr + warm.stderr
-    assert split(cold) == (split(warm)[0], 'True') and split(warm)[1] == 'False'
-    assert split(cold)[0].strip()
+def test_a_second_run_is_answered_from_the_cache_without_torch(tmp_path, monkeypatch, capsys, argv):
+    "The first run (here in this process, as a new process runs it: the same code) misses and fills the cache; a new process replays it."
+    monkeypatch.setenv('TINYLM_CACHE_DIR', str(tmp_path)); monkeypatch.setenv('COLUMNS', '100')   # the width `py` gives
+    cold = run_main(capsys, argv)
     [f] = tmp_path.glob('cli-*.json')
-    assert list(json.loads(f.read_text()).values()) == [split(cold)[0]]
+    assert cold[0] == 0 and cold[1].strip() and list(json.loads(f.read_text()).values()) == [cold[1]]
+    warm, t_warm = py(PROBE, *argv, env={'TINYLM_CACHE_DIR': str(tmp_path)})
+    print(f"tinylm {' '.join(argv)}: warm {t_warm:.2f} s")
+    assert warm.returncode == 0, warm.stderr
+    assert split(warm) == (cold[1], 'False')
 
 
-def test_the_cache_is_keyed_by_the_terminal_width(tmp_path):
-    env = {'TINYLM_CACHE_DIR': str(tmp_path)}
-    wide, _ = py(PROBE, '--help', env={**env, 'COLUMNS': '200'})
-    narrow, _ = py(PROBE, '--help', env={**env, 'COLUMNS': '40'})
-    assert split(narrow)[1] == 'True' and split(wide)[0] != split(narrow)[0]
-    assert max(map(len, split(narrow)[0].splitlines())) <= 40
+def test_the_cache_is_keyed_by_the_terminal_width(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('TINYLM_CACHE_DIR', str(tmp_path))
+    monkeypatch.setenv('COLUMNS', '200'); wide = run_main(capsys, ['--help'])[1]
+    monkeypatch.setenv('COLUMNS', '40'); narrow = run_main(capsys, ['--help'])[1]
+    [f] = tmp_path.glob('cli-*.json')
+    assert sorted(json.loads(f.read_text()).values()) == sorted([wide, narrow])   # the narrow run missed: two answers
+    assert wide != narrow and max(map(len, narrow.splitlines())) <= 40
 
 
 def test_the_real_command_line_answers_what_the_cache_replays(tmp_path):
+    "Fresh processes, as users run them: the cold start, the replay without torch, and `tinylm.cli` itself."
     env = {'TINYLM_CACHE_DIR': str(tmp_path)}
     py(PROBE, 'presets', env=env)
     cached, _ = py(PROBE, 'presets', env=env)

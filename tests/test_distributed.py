@@ -37,11 +37,6 @@ def one(corpus, out, *extra):
     return out
 
 
-def two(corpus, out, *extra):
-    run_torchrun(2, tinylm_command(*base(corpus, out, *extra)), timeout=300)
-    return out
-
-
 def losses(run: Path) -> list[float]:
     return [r['train_loss'] for r in map(json.loads, (run / 'metrics.jsonl').read_text().splitlines()) if 'train_loss' in r]
 
@@ -62,30 +57,52 @@ def single(corpus, tmp_path_factory) -> Path:
     return one(corpus, tmp_path_factory.mktemp('single') / 'run', '--batch-size', '8')
 
 
-# Notebook 20 runs DDP (2 x 4) and FSDP against this single run, and 2 accumulated micro-batches of 4 against it, under
-# nbdev_test; the launches below are the cases it does not, so that the test command starts each torchrun job once.
-def test_accumulation_under_ddp_syncs_once_per_step_and_equals_the_big_batch(corpus, single, tmp_path):
-    ddp_accum = two(corpus, tmp_path / 'ddp_accum', '--batch-size', '4', '--set', 'grad_accum=2', '--set', 'parallel=ddp')
-    assert_same_run(ddp_accum, single)
-    s, ref = (json.loads((d / 'summary.json').read_text()) for d in (ddp_accum, single))
+# Each rank of a torchrun job runs these `tinylm train` command lines in turn, in one process group (main() joins a group
+# it finds and leaves it open): starting the 3 processes of a job costs seconds of torch imports, so the launches below share one.
+RANKS = """import contextlib, io, json, sys
+import torch
+from tinylm.cli import main
+from tinylm.distributed import init_distributed
+init_distributed(torch.device('cpu'))
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()): assert main(argv) == 0, argv
+torch.distributed.destroy_process_group()
+"""
+
+CUT = ('--batch-size', '8', '--set', 'max_seconds=1e-9')   # an 8-step run whose time budget runs out after its first step
+DDP, FSDP = ('--set', 'parallel=ddp'), ('--set', 'parallel=fsdp')
+
+
+@pytest.fixture(scope='module')
+def job(corpus, tmp_path_factory) -> Path:
+    """One torchrun job on 2 processes: DDP with 2 accumulated micro-batches, the first step of an FSDP run, and the resumed
+    rest of a run whose first step ran in one process. Notebook 20 runs DDP (2 x 4) and FSDP against one process, and 2
+    accumulated micro-batches of 4 against one batch of 8, under nbdev_test; these are the cases it does not."""
+    d = tmp_path_factory.mktemp('job')
+    one(corpus, d / '1to2', *CUT)
+    assert load_checkpoint(d / '1to2')['step'] == 1
+    script = d / 'ranks.py'
+    script.write_text(RANKS)
+    runs = [base(corpus, d / 'ddp_accum', '--batch-size', '4', '--set', 'grad_accum=2', *DDP),
+            base(corpus, d / '2to1', *CUT, *FSDP),
+            base(corpus, d / '1to2', '--batch-size', '8', '--resume', *DDP)]
+    run_torchrun(2, [str(script), json.dumps(runs)], timeout=300)
+    return d
+
+
+def test_accumulation_under_ddp_syncs_once_per_step_and_equals_the_big_batch(job, single):
+    assert_same_run(job / 'ddp_accum', single)
+    s, ref = (json.loads((d / 'summary.json').read_text()) for d in (job / 'ddp_accum', single))
     assert s['processes'] == 2 and ref['processes'] == 1 and s['tokens'] == ref['tokens']
 
 
-def resumed(corpus, out, first, then):
-    "An 8-step run started by `first` whose time budget runs out after its first step, then resumed to 8 by `then`."
-    first(corpus, out, '--batch-size', '8', '--set', 'max_seconds=1e-9')
-    assert load_checkpoint(out)['step'] == 1
-    then(corpus, out, '--batch-size', '8', '--resume')
-    return out
-
-
-def test_a_checkpoint_resumes_on_any_number_of_processes(corpus, single, tmp_path):
-    ddp, fsdp = ('--set', 'parallel=ddp'), ('--set', 'parallel=fsdp')
-    two_then_one = resumed(corpus, tmp_path / '2to1', lambda c, o, *a: two(c, o, *a, *fsdp), one)
-    one_then_two = resumed(corpus, tmp_path / '1to2', one, lambda c, o, *a: two(c, o, *a, *ddp))
-    assert load_checkpoint(two_then_one)['step'] == load_checkpoint(one_then_two)['step'] == 8
-    assert_same_run(two_then_one, single)   # against the uninterrupted run: stopping and resuming changes nothing
-    assert_same_run(one_then_two, single)
+def test_a_checkpoint_resumes_on_any_number_of_processes(corpus, job, single):
+    "Stopped after one step on 2 processes (FSDP), resumed in 1; stopped after one step in 1, resumed on 2 (DDP)."
+    assert load_checkpoint(job / '2to1')['step'] == 1
+    one(corpus, job / '2to1', '--batch-size', '8', '--resume')
+    assert load_checkpoint(job / '2to1')['step'] == load_checkpoint(job / '1to2')['step'] == 8
+    assert_same_run(job / '2to1', single)   # against the uninterrupted run: stopping and resuming changes nothing
+    assert_same_run(job / '1to2', single)
 
 
 def children(pid: int) -> list[int]:

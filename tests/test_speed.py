@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tinylm  # noqa: F401  (fills every registry)
-from tinylm.cli import RUN_PRESETS
+from tinylm.cli import RUN_PRESETS, main
 from tinylm.model import Transformer
 from tinylm.modern import gpt2
 from tinylm.speed import (MAIN_JOB, MarkovTokens, ReferenceTrainer, bench_config, cell_key, competing_load, reference_from,
@@ -87,15 +87,15 @@ def test_decode_against_hf_gives_the_same_tokens():
     assert d['identical_tokens'] is True and d['tokens_per_s']['tinylm'] > 0 and d['tokens_per_s']['hf'] > 0
 
 
-def test_tinylm_bench_prints_the_comparison_and_refuses_bad_arguments():
-    run = lambda *a: subprocess.run([sys.executable, '-m', 'tinylm.cli', 'bench', *a], capture_output=True, text=True, timeout=300)
-    r = run('--shape', 'tiny', '--threads', '1', '--rounds', '2', '--steps', '1')
+def test_tinylm_bench_prints_the_comparison_and_refuses_bad_arguments(capsys):
+    r = subprocess.run([sys.executable, '-m', 'tinylm.cli', 'bench', '--shape', 'tiny', '--threads', '1', '--rounds', '2', '--steps', '1'],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'tiny (cpu, threads=1, competing processes=0' in r.stdout and 'tinylm / reference' in r.stdout
-    r = run('--shape', 'tiny', '--rounds', '0')
-    assert r.returncode != 0 and '--rounds must be a positive integer, got 0' in r.stderr
-    r = run('--shape', 'medium')
-    assert r.returncode != 0 and "invalid choice: 'medium'" in r.stderr
+    assert main(['bench', '--shape', 'tiny', '--rounds', '0']) == 2   # the bad arguments in this process: the same code, no start-up
+    assert '--rounds must be a positive integer, got 0' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e: main(['bench', '--shape', 'medium'])
+    assert e.value.code == 2 and "invalid choice: 'medium'" in capsys.readouterr().err
 
 
 def test_main_job_shape_is_the_default_run_preset():

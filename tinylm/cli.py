@@ -104,6 +104,7 @@ def _train(args) -> int:
             say(f'threads: {n} of {usable_cores()} cores (other processes kept {others:.1f} cores busy just now; --threads N to choose)')
     out = Path(args.out) if args.out else Path('runs') / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.preset}"
     t0 = time.perf_counter()
+    own_group = world > 1 and not torch.distributed.is_initialized()   # a group the caller made is the caller's to end
     if world > 1:   # rank 0 builds the tokenizer and token files, the others then open them from the cache
         dev0 = resolve_device(tcfg.device)
         init_distributed(torch.device('cuda', local) if dev0.type == 'cuda' else dev0)
@@ -135,7 +136,7 @@ def _train(args) -> int:
                          f'{kept}; resume with --resume, on any number of processes') from None
     if world > 1:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        if own_group: torch.distributed.destroy_process_group()
         if rank: return 0                              # rank 0 samples and writes the summary
     dev = resolve_device(tcfg.device)
     model = res.model if world == 1 else model_from_checkpoint(out, dev)[0]   # a sharded model is whole only in the checkpoint

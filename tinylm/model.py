@@ -262,7 +262,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings: self.lm_head.weight = self.tok_emb.weight
         self.logit_mods, self.aux_losses = active_features(cfg, 'logits'), active_features(cfg, 'loss')
-        init_weights(self)
+        if self.lm_head.weight.device.type != 'meta': init_weights(self)   # on meta (shapes only) there are no values to set
 
     def hidden_states(self, idx: Tensor, # (B, T) token ids
                       key_padding: Tensor | None = None, # (B, S) True for real keys (S = cached + T)
@@ -385,5 +385,6 @@ def baseline_2017(**overrides) -> ModelConfig:
 
 def model_flops_per_token(cfg: ModelConfig, n_ctx: int | None = None) -> int:
     "Training FLOPs per token of a model with config `cfg` at context `n_ctx` (default block_size)."
-    n = count_params(Transformer(cfg.replace(vocab_size=1, tie_embeddings=False)).to('meta'))['non_embedding'] - cfg.d_model
+    with torch.device('meta'):   # shapes only: no memory, no initialization
+        n = count_params(Transformer(cfg.replace(vocab_size=1, tie_embeddings=False)))['non_embedding'] - cfg.d_model
     return flops_per_token(n + cfg.vocab_size * cfg.d_model, cfg.n_layer, n_ctx or cfg.block_size, cfg.d_model)
