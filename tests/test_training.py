@@ -48,6 +48,22 @@ def losses(records):
     return [r['train_loss'] for r in records if 'train_loss' in r]
 
 
+def test_a_resume_at_another_thread_count_says_it_is_not_bit_for_bit(data, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(MODEL, TrainConfig(**dict(KW, max_steps=8)), data, tmp_path / 'r')
+        assert load_checkpoint(tmp_path / 'r')['torch_threads'] == 1
+        capsys.readouterr()
+        torch.set_num_threads(2)
+        train(MODEL, TrainConfig(**dict(KW, max_steps=10)), data, tmp_path / 'r', resume=True)
+        assert 'resuming at 2 torch threads; the checkpoint was written at 1' in capsys.readouterr().out
+        torch.set_num_threads(2)   # at the recorded count: nothing to say
+        train(MODEL, TrainConfig(**dict(KW, max_steps=12)), data, tmp_path / 'r', resume=True)
+        assert 'resuming at' not in capsys.readouterr().out
+    finally: torch.set_num_threads(before)
+
+
 def test_resume_reproduces_the_loss_trajectory_exactly(data, tmp_path):
     full = train(MODEL, TrainConfig(**KW), data, tmp_path / 'full')
     with pytest.raises(KeyboardInterrupt):

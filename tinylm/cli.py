@@ -16,15 +16,16 @@ from .data import CORPORA, prepare_dataset
 from .tokenizer import TOKENIZER_SPECS, corpus_tokenizer, tokenizer_from_dict
 from .model import MODEL_PRESETS, ModelConfig, Transformer
 from .generation import can_cache, generate
-from .training import MODEL_FIELDS, PARALLEL, SCHEDULES, TRAIN_FIELDS, TrainConfig, TrainingDiverged, model_from_checkpoint, split_overrides, train
+from .training import (MODEL_FIELDS, PARALLEL, SCHEDULES, TRAIN_FIELDS, TrainConfig, TrainingDiverged, load_checkpoint,
+                             model_from_checkpoint, split_overrides, train)
 from .distributed import init_distributed, launched   # torchrun: several processes train one model (notebook 20)
 from . import experiments  # noqa: F401  (registers `tinylm experiment`)
 from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hyperparameters, scaling, knowledge, cramming, dynamics  # noqa: F401  (their experiments)
 
 # %% auto #0
 __all__ = ['RUN_PRESETS', 'positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'probability', 'RunPreset',
-           'resolve_run', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora', 'cmd_presets', 'train_help_epilog',
-           'build_parser', 'main']
+           'resolve_run', 'checkpointed_threads', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora',
+           'cmd_presets', 'train_help_epilog', 'build_parser', 'main']
 
 # %% ../nbs/05a_cli.ipynb #f9ba567d
 @dataclass
@@ -79,6 +80,12 @@ def resolve_run(args) -> tuple[RunPreset, ModelConfig, TrainConfig]:
     tcfg = tcfg.replace(**tchanges)
     return preset, overrides, tcfg
 
+def checkpointed_threads(run: Path) -> int | None:
+    "The torch thread count the checkpoint in `run` was written at, if there is one that says (its weights are mapped, not read)."
+    try: n = load_checkpoint(run, mmap=True).get('torch_threads')
+    except (FileNotFoundError, ValueError): return None   # no checkpoint, or a bad one: the resume itself reports it
+    return n if isinstance(n, int) and n > 0 else None
+
 def cmd_train(args) -> int:
     "Train a model and leave a run folder with checkpoint, metrics, loss plot and a sample."
     threads = torch.get_num_threads()
@@ -96,13 +103,18 @@ def _train(args) -> int:
     model_name = args.model or preset.model
     MODEL_PRESETS.check(model_name, '--model')
     resolve_device(tcfg.device)  # fail before any data work if the device is wrong
+    out = Path(args.out) if args.out else Path('runs') / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.preset}"
     if args.threads is not None: torch.set_num_threads(args.threads)
     elif world == 1 and 'OMP_NUM_THREADS' not in os.environ and resolve_device(tcfg.device).type == 'cpu':
-        n, others = choose_threads()     # the cores other processes leave (notebook 14b measured why; see "Threads" below)
-        torch.set_num_threads(n)
-        if others is not None and n < usable_cores():
-            say(f'threads: {n} of {usable_cores()} cores (other processes kept {others:.1f} cores busy just now; --threads N to choose)')
-    out = Path(args.out) if args.out else Path('runs') / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.preset}"
+        kept = checkpointed_threads(out) if args.resume else None
+        if kept is not None:             # the count the run was checkpointed at: the resumed run is the same run, bit for bit
+            torch.set_num_threads(kept)
+            say(f'threads: {kept}, as when the checkpoint was written (another count continues the run only up to float rounding; --threads N to choose)')
+        else:
+            n, others = choose_threads()     # the cores other processes leave (notebook 14b measured why; see "Threads" below)
+            torch.set_num_threads(n)
+            if others is not None and n < usable_cores():
+                say(f'threads: {n} of {usable_cores()} cores (other processes kept {others:.1f} cores busy just now; --threads N to choose)')
     t0 = time.perf_counter()
     own_group = world > 1 and not torch.distributed.is_initialized()   # a group the caller made is the caller's to end
     if world > 1:   # rank 0 builds the tokenizer and token files, the others then open them from the cache

@@ -282,12 +282,14 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     with atomic_write(path) as f: torch.save(ckpt, f)
     return Path(path)
 
-def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
+def load_checkpoint(path: str | Path, map_location='cpu',
+                    mmap: bool = False, # map the tensors from the file instead of reading them: cheap when only the small entries are wanted
+                   ) -> dict:
     "Load a tinylm checkpoint safely (`weights_only=True`), checking that it is one."
     path = Path(path)
     if path.is_dir(): path = path / 'ckpt.pt'
     if not path.exists(): raise FileNotFoundError(f'no checkpoint at {path}')
-    try: ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try: ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise ValueError(f'{path} is not a readable tinylm checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
     if not isinstance(ckpt, dict) or ckpt.get('format') != CHECKPOINT_FORMAT:
@@ -598,7 +600,7 @@ class Trainer:
         states = self.par.model_state(self.model), self.par.optimizer_state(self.model, self.opt)   # every rank: gathering is collective
         if not self.par.is_main: return None                           # rank 0 alone writes
         extra = dict(tokens=self.tokens, elapsed=self.elapsed, data_rng=self.data_gen.get_state(),
-                     torch_rng=torch.get_rng_state(), **self.extra)
+                     torch_rng=torch.get_rng_state(), torch_threads=torch.get_num_threads(), **self.extra)
         if self.device.type == 'cuda': extra['cuda_rng'] = torch.cuda.get_rng_state(self.device)
         if self.tokenizer is not None: extra['tokenizer'] = json.dumps(self.tokenizer.to_dict())
         return save_checkpoint(self.ckpt_path, self.model, self.opt, self.step, self.cfg, *states, **extra)
@@ -612,6 +614,10 @@ class Trainer:
         self.par.load_state(self.model, self.opt, ckpt['model'], ckpt['optimizer'])   # a checkpoint of any number of processes
         self.step, self.tokens, self.elapsed = ckpt['step'], ckpt['tokens'], ckpt['elapsed']
         self.data_gen.set_state(ckpt['data_rng']); torch.set_rng_state(ckpt['torch_rng'])
+        kept = ckpt.get('torch_threads')   # a CPU matmul splits its sums by thread: another count rounds differently
+        if self.device.type == 'cpu' and kept is not None and kept != torch.get_num_threads() and self.par.is_main:
+            print(f'resuming at {torch.get_num_threads()} torch threads; the checkpoint was written at {kept}, so the run continues '
+                  f'equal to an uninterrupted one up to float rounding, not bit for bit (torch.set_num_threads({kept}) for that)')
         if 'cuda_rng' in ckpt and self.device.type == 'cuda': torch.cuda.set_rng_state(ckpt['cuda_rng'], self.device)
         if self.metrics_path and self.metrics_path.exists():
             self.records = [r for r in read_metrics(self.metrics_path, torn_tail=True) if r['step'] <= self.step]
