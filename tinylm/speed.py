@@ -263,17 +263,25 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
                 return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                    do_sample=False, pad_token_id=0)
         same = torch.equal(ours(), theirs())
-        rates = {'tinylm': [], 'hf': []}
+        mats = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]   # every matrix a token's forward multiplies by
+        rows = {n: torch.randn(1, 1, n) for n in {w.shape[1] for w in mats}}
+        @torch.inference_mode()
+        def weights():   # the floor of any float32 decoder: each weight read once per token, by a batch-1 matmul, and nothing else
+            for _ in range(new_tokens):
+                for w in mats: F.linear(rows[w.shape[1]], w)
+        rates = {'tinylm': [], 'hf': [], 'weights only': []}
         with others_cpu() as bg:
             for _ in range(rounds):
-                for name, f in (('tinylm', ours), ('hf', theirs)):
+                for name, f in (('tinylm', ours), ('hf', theirs), ('weights only', weights)):
                     t0 = time.perf_counter(); f(); rates[name].append(new_tokens / (time.perf_counter() - t0))
     finally:
         torch.set_num_threads(old)
     return dict(model=cfg.to_dict(), params=sum(p.numel() for p in model.parameters()), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, identical_tokens=same,
                 others_cores=bg['others_cores'], commit=git_commit(),
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
-                tokens_per_s_rounds={k: [round(x, 1) for x in v] for k, v in rates.items()}, ratios=[_ratio(rates, 'tinylm', 'hf')])
+                weight_bytes=sum(w.numel() * w.element_size() for w in mats),
+                tokens_per_s_rounds={k: [round(x, 1) for x in v] for k, v in rates.items()},
+                ratios=[_ratio(rates, 'tinylm', 'hf'), _ratio(rates, 'weights only', 'hf'), _ratio(rates, 'tinylm', 'weights only')])
 
 # %% ../nbs/14b_speed.ipynb #84f34cb1
 MAIN_JOB = dict(model='baseline_2017', vocab_size=66, block_size=128, n_layer=4, n_head=4, d_model=128, dropout=0.0,
@@ -409,6 +417,11 @@ def print_decode(d: dict) -> None:
     print(f"decode, {m['n_layer']} layers x {m['d_model']} ({d['params'] / 1e6:.2f}M parameters), batch 1, {d['new_tokens']} tokens, threads={d['threads']}: tinylm {d['tokens_per_s']['tinylm']:,.0f} tok/s, "
           f"HF {d['tokens_per_s']['hf']:,.0f} tok/s; x{x['ratio']:.2f} {_interval(x, 2)}, identical tokens: {d['identical_tokens']}"
           + ('' if d.get('others_cores') is None else f"; other processes meanwhile {d['others_cores']:.2f} cores"))
+    if 'weights only' in d['tokens_per_s']:   # the floor (results from before it was timed do not have it)
+        r = {x['what']: x for x in d['ratios']}
+        w, f = r['weights only / hf'], r['tinylm / weights only']
+        print(f"  weights only ({d['weight_bytes'] / 1e6:.1f} MB of matrices read once per token, nothing else): "
+              f"{d['tokens_per_s']['weights only']:,.0f} tok/s, x{w['ratio']:.2f} {_interval(w, 2)} of HF; tinylm runs at x{f['ratio']:.2f} {_interval(f, 2)} of it")
 
 def speed_headline(r: dict) -> list[str]:
     "One line per idle/loaded cell of tinylm against the reference in float32 (and bf16 where timed), and the decode ratio."
