@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -14,8 +15,10 @@ from tinylm.registry import Registry
 def py(code: str, *argv: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     "Run `python -c code ARGV` in a new process; the result and its wall time."
     t = time.perf_counter()
+    # run outside the checkout: `python -c` puts its working directory first on sys.path, and in a checkout that would import
+    # the source tree's tinylm instead of the installed one this process imports (another fingerprint: every answer a miss)
     p = subprocess.run([sys.executable, '-c', code, *argv], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, 'COLUMNS': '100', **(env or {})})
+                       env={**os.environ, 'COLUMNS': '100', **(env or {})}, cwd=tempfile.gettempdir())
     return p, time.perf_counter() - t
 
 
