@@ -1,6 +1,7 @@
 """The speed study (notebook 14b): the reference GPT-2 is the same model as tinylm's, the two trainers reach the same loss, the benchmark's pieces, and `tinylm bench`."""
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -89,7 +90,7 @@ def test_decode_against_hf_gives_the_same_tokens():
 
 def test_tinylm_bench_prints_the_comparison_and_refuses_bad_arguments(capsys):
     r = subprocess.run([sys.executable, '-m', 'tinylm.cli', 'bench', '--shape', 'tiny', '--threads', '1', '--rounds', '2', '--steps', '1'],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir())   # outside a checkout: the installed tinylm
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'tiny (cpu, threads=1, competing processes=0' in r.stdout and 'tinylm / reference' in r.stdout
     assert main(['bench', '--shape', 'tiny', '--rounds', '0']) == 2   # the bad arguments in this process: the same code, no start-up
