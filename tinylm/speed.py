@@ -266,7 +266,7 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
         mats = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]   # every matrix a token's forward multiplies by
         rows = {n: torch.randn(1, 1, n) for n in {w.shape[1] for w in mats}}
         @torch.inference_mode()
-        def weights():   # the floor of any float32 decoder: each weight read once per token, by a batch-1 matmul, and nothing else
+        def weights():   # the least any float32 decoder does per token: each weight read once, by a batch-1 matmul, nothing else
             for _ in range(new_tokens):
                 for w in mats: F.linear(rows[w.shape[1]], w)
         rates = {'tinylm': [], 'hf': [], 'weights only': []}
@@ -417,7 +417,7 @@ def print_decode(d: dict) -> None:
     print(f"decode, {m['n_layer']} layers x {m['d_model']} ({d['params'] / 1e6:.2f}M parameters), batch 1, {d['new_tokens']} tokens, threads={d['threads']}: tinylm {d['tokens_per_s']['tinylm']:,.0f} tok/s, "
           f"HF {d['tokens_per_s']['hf']:,.0f} tok/s; x{x['ratio']:.2f} {_interval(x, 2)}, identical tokens: {d['identical_tokens']}"
           + ('' if d.get('others_cores') is None else f"; other processes meanwhile {d['others_cores']:.2f} cores"))
-    if 'weights only' in d['tokens_per_s']:   # the floor (results from before it was timed do not have it)
+    if 'weights only' in d['tokens_per_s']:   # the ceiling (results from before it was timed do not have it)
         r = {x['what']: x for x in d['ratios']}
         w, f = r['weights only / hf'], r['tinylm / weights only']
         print(f"  weights only ({d['weight_bytes'] / 1e6:.1f} MB of matrices read once per token, nothing else): "
