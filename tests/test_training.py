@@ -58,7 +58,7 @@ def test_a_resume_at_another_thread_count_says_it_is_not_bit_for_bit(data, tmp_p
         torch.set_num_threads(2)
         train(MODEL, TrainConfig(**dict(KW, max_steps=10)), data, tmp_path / 'r', resume=True)
         assert 'resuming at 2 torch threads; the checkpoint was written at 1' in capsys.readouterr().out
-        torch.set_num_threads(2)   # at the recorded count: nothing to say
+        # the resume above checkpointed at 2 threads: resuming at 2 again has nothing to say
         train(MODEL, TrainConfig(**dict(KW, max_steps=12)), data, tmp_path / 'r', resume=True)
         assert 'resuming at' not in capsys.readouterr().out
     finally: torch.set_num_threads(before)
