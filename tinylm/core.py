@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #894884aa
 from __future__ import annotations
-import contextlib, dataclasses, math, os, random, tempfile, time, typing
+import contextlib, dataclasses, functools, math, os, random, tempfile, time, typing
 try: import resource                                        # CPU time of reaped children (POSIX)
 except ImportError: resource = None
 from pathlib import Path
@@ -186,13 +186,20 @@ def _type_ok(v, base) -> bool:
     if base is float: return isinstance(v, (int, float)) and math.isfinite(v)
     return isinstance(v, base)
 
+@functools.cache
+def _field_kinds(cls) -> tuple:
+    "(name, bases, optional) of each public field of dataclass `cls`, read from its annotations once per class."
+    out = []
+    for name, typ in typing.get_type_hints(cls).items():   # resolving string annotations costs more than the checks
+        if name.startswith('_'): continue
+        args = typing.get_args(typ)
+        out.append((name, [a for a in args if a is not type(None)] or [typ], type(None) in args))
+    return tuple(out)
+
 def check_field_types(cfg) -> None:
     "Check every field of dataclass instance `cfg` against its annotation (int, float, bool, str, or X | None); floats must be finite."
-    for name, typ in typing.get_type_hints(type(cfg)).items():
-        if name.startswith('_'): continue
-        v, args = getattr(cfg, name), typing.get_args(typ)
-        optional = type(None) in args
-        bases = [a for a in args if a is not type(None)] or [typ]
+    for name, bases, optional in _field_kinds(type(cfg)):
+        v = getattr(cfg, name)
         if v is None and optional: continue
         if not any(_type_ok(v, b) for b in bases if b in _KINDS):
             kind = ' or '.join(_KINDS.get(b, getattr(b, '__name__', str(b))) for b in bases) + (' or None' if optional else '')
