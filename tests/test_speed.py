@@ -8,9 +8,10 @@ import torch
 
 import tinylm  # noqa: F401  (fills every registry)
 from tinylm.cli import RUN_PRESETS, main
-from tinylm.model import Transformer
+from tinylm.generation import generate
+from tinylm.model import MODEL_PRESETS, Transformer
 from tinylm.modern import gpt2
-from tinylm.speed import (MAIN_JOB, MarkovTokens, ReferenceTrainer, bench_config, cell_key, competing_load, reference_from,
+from tinylm.speed import (MAIN_JOB, DecodeStep, step_decode, MarkovTokens, ReferenceTrainer, bench_config, cell_key, competing_load, reference_from,
                           run_speed, run_threads, speed_headline, step_benchmark, thread_benchmark)
 from tinylm.training import TrainConfig, Trainer
 
@@ -119,3 +120,16 @@ def test_thread_benchmark_restores_threads_and_run_threads_resumes():
     assert run_threads('tiny', previous=r, save=saved.append, verbose=False) is r and len(saved) == 1   # nothing left to do
     with pytest.raises(ValueError, match="allowed: 'tiny', 'cpu'"): run_threads('gpu')
     with pytest.raises(ValueError, match='times the CPU'): run_threads('tiny', device='cuda')
+
+
+def test_decode_step_has_one_shape_and_the_tokens_of_generate():
+    "The fixed-size-cache step (what `compile_decode_step` compiles) decodes as `generate` does, on full heads and on RoPE + GQA."
+    for name in ('gpt2', 'modern'):
+        cfg = MODEL_PRESETS[name](vocab_size=97, block_size=48, n_layer=2, d_model=32, n_head=4, dropout=0.0)
+        torch.manual_seed(1); m = Transformer(cfg).eval()
+        prompt = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(1))
+        step = DecodeStep(m, 5 + 30)
+        assert torch.equal(step_decode(step, prompt, 30), generate(m, prompt, 30, temperature=0)), name
+        assert torch.equal(step_decode(step, prompt, 30), generate(m, prompt, 30, temperature=0)), name   # a second use: stale slots stay hidden
+    with pytest.raises(ValueError, match=r'max_len=0 must be an integer in \[1, block_size=48\]'):
+        DecodeStep(m, 0)

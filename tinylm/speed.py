@@ -4,7 +4,8 @@
 
 # %% ../nbs/14b_speed.ipynb #2620ccab
 from __future__ import annotations
-import argparse, contextlib, math, os, statistics, subprocess, sys, time
+import argparse, contextlib, math, os, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,9 +23,10 @@ from .experiments import Benchmark, interleaved_rates, ratio_interval, register_
 # %% auto #0
 __all__ = ['BENCH_SHAPES', 'LOAD_KINDS', 'DECODE_SHAPES', 'MAIN_JOB', 'THREAD_SCALES', 'THREADS', 'SPEED_SCALES', 'SPEED',
            'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens', 'ReferenceTrainer',
-           'bench_config', 'bf16_is_native', 'matmul_peak', 'competing_load', 'step_benchmark', 'decode_vs_hf',
-           'AtThreads', 'thread_benchmark', 'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed',
-           'print_cell', 'print_decode', 'speed_headline', 'cmd_bench']
+           'bench_config', 'bf16_is_native', 'matmul_peak', 'competing_load', 'step_benchmark', 'StaticKVCache',
+           'DecodeStep', 'compile_decode_step', 'step_decode', 'decode_vs_hf', 'AtThreads', 'thread_benchmark',
+           'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed', 'print_cell', 'print_decode',
+           'speed_headline', 'cmd_bench']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -239,6 +241,64 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
                 load=load, others_cores=bg['others_cores'], commit=git_commit(), rounds=rounds, steps=steps, device=str(dev), flops_per_token=flops,
                 peak_flops={k: round(v) for k, v in peaks.items()}, variants=variants, ratios=ratios)
 
+# %% ../nbs/14b_speed.ipynb #40465e48
+class StaticKVCache:
+    "Fixed-size keys and values per layer, (1, n_kv_head, max_len + 1, head_dim), written at the position in `pos`: every step has the same shapes."
+    seq_len = 0   # positions come explicitly (`pos`), and the mask hides the slots not written yet
+    def __init__(self, ks: list[Tensor], vs: list[Tensor], pos: Tensor): self.ks, self.vs, self.pos = ks, vs, pos
+    def __getitem__(self, layer: int): return _StaticLayer(self.ks[layer], self.vs[layer], self.pos)
+
+class _StaticLayer:
+    def __init__(self, k: Tensor, v: Tensor, pos: Tensor): self.k, self.v, self.pos = k, v, pos
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.k.index_copy_(2, self.pos, k); self.v.index_copy_(2, self.pos, v)   # kept for the steps after this one
+        self.k[:, :, -1:], self.v[:, :, -1:] = k, v   # attention sees the last key as the query's own (notebook 03): put it there
+        return self.k, self.v
+
+class DecodeStep(nn.Module):
+    "One batch-1 greedy step of `model` at any position below `max_len`: (token (1, 1), position (1,)) -> the next token (1,)."
+    def __init__(self, model: Transformer, max_len: int):
+        super().__init__()
+        c, p = model.cfg, next(model.parameters())
+        if not isinstance(max_len, int) or not 1 <= max_len <= c.block_size:
+            raise ValueError(f'max_len={max_len!r} must be an integer in [1, block_size={c.block_size}]')
+        self.model, self.max_len = model, max_len
+        for i in range(c.n_layer):   # one extra slot at the end: the newest key's copy
+            self.register_buffer(f'k{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
+            self.register_buffer(f'v{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
+        self.register_buffer('slots', torch.arange(max_len + 1, device=p.device))
+    def forward(self, tok: Tensor, pos: Tensor) -> Tensor:
+        n = self.model.cfg.n_layer
+        cache = StaticKVCache([getattr(self, f'k{i}') for i in range(n)], [getattr(self, f'v{i}') for i in range(n)], pos)
+        before = (self.slots < pos)[None]   # (1, max_len + 1): the keys of earlier positions; a slot past them is never read
+        return self.model(tok, key_padding=before, pos=pos[None], cache=cache)[:, -1].argmax(-1)
+
+def compile_decode_step(step: DecodeStep, folder: str | Path | None = None):
+    "`step` exported and compiled ahead of time (AOTInductor): a callable with the same inputs and output, no Dynamo guards per call."
+    import torch.export, torch._inductor   # heavy (seconds): only when a step is compiled
+    dev = step.slots.device
+    with torch.no_grad():
+        ep = torch.export.export(step.eval(), (torch.zeros(1, 1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev)))
+    folder = Path(folder or tempfile.mkdtemp(prefix='tinylm-decode-'))
+    try: path = torch._inductor.aoti_compile_and_package(ep, package_path=str(folder / 'decode_step.pt2'))
+    except Exception as e:   # the compile needs a working C++ (or CUDA) toolchain
+        raise RuntimeError(f'compiling the decode step failed (AOTInductor needs a C++ compiler on this machine): {e}') from e
+    return torch._inductor.aoti_load_package(path)
+
+@torch.inference_mode()
+def step_decode(step, prompt: Tensor, # (1, T) ids, T + new_tokens <= the step's max_len
+                new_tokens: int) -> Tensor:
+    "Greedy decoding with a `DecodeStep` (eager or compiled): the prompt one token a step, then `new_tokens` more; (1, T + new_tokens) ids."
+    T = prompt.size(1)
+    ids = torch.empty(1, T + new_tokens, dtype=torch.long, device=prompt.device); ids[:, :T] = prompt
+    pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
+    for t in range(T + new_tokens - 1):
+        nxt = step(ids[:, t:t + 1], pos)
+        if t + 1 >= T: ids[:, t + 1] = nxt
+        pos += 1
+    return ids
+
+
 # %% ../nbs/14b_speed.ipynb #6a2e3cc9
 DECODE_SHAPES = {   # gpt2-preset fields of the decode comparison: the default, and one where per-token overhead is nearly all
     'small': dict(vocab_size=256, block_size=256, n_layer=4, d_model=256, n_head=4),
@@ -247,6 +307,7 @@ DECODE_SHAPES = {   # gpt2-preset fields of the decode comparison: the default, 
 
 def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64, prompt_len: int = 16,
                  shape: dict | None = None, # gpt2 preset fields; default 4 layers, width 256, vocab 256
+                 compiled: bool = False, # also time the AOT-compiled `DecodeStep` (15-40 s of compiling first)
                 ) -> dict:
     "Greedy batch-1 decode tokens/s of tinylm `generate` and HF `generate` on the same weights, interleaved, tokens compared."
     try: require_transformers()
@@ -263,25 +324,34 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
                 return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                    do_sample=False, pad_token_id=0)
         same = torch.equal(ours(), theirs())
+        contenders, extra = [('tinylm', ours), ('hf', theirs)], {}
+        if compiled:
+            t0 = time.perf_counter(); step = compile_decode_step(DecodeStep(model, prompt_len + new_tokens))
+            extra['compile_s'] = round(time.perf_counter() - t0, 1)
+            def aot(): return step_decode(step, idx, new_tokens)
+            extra['compiled_identical_tokens'] = torch.equal(aot(), ours())
+            contenders.append(('tinylm compiled', aot))
         mats = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]   # every matrix a token's forward multiplies by
         rows = {n: torch.randn(1, 1, n) for n in {w.shape[1] for w in mats}}
         @torch.inference_mode()
         def weights():   # the least any float32 decoder does per token: each weight read once, by a batch-1 matmul, nothing else
             for _ in range(new_tokens):
                 for w in mats: F.linear(rows[w.shape[1]], w)
-        rates = {'tinylm': [], 'hf': [], 'weights only': []}
+        contenders.append(('weights only', weights))
+        rates = {name: [] for name, _ in contenders}
         with others_cpu() as bg:
             for _ in range(rounds):
-                for name, f in (('tinylm', ours), ('hf', theirs), ('weights only', weights)):
+                for name, f in contenders:
                     t0 = time.perf_counter(); f(); rates[name].append(new_tokens / (time.perf_counter() - t0))
     finally:
         torch.set_num_threads(old)
     return dict(model=cfg.to_dict(), params=sum(p.numel() for p in model.parameters()), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, identical_tokens=same,
-                others_cores=bg['others_cores'], commit=git_commit(),
+                others_cores=bg['others_cores'], commit=git_commit(), **extra,
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
                 weight_bytes=sum(w.numel() * w.element_size() for w in mats),
                 tokens_per_s_rounds={k: [round(x, 1) for x in v] for k, v in rates.items()},
-                ratios=[_ratio(rates, 'tinylm', 'hf'), _ratio(rates, 'weights only', 'hf'), _ratio(rates, 'tinylm', 'weights only')])
+                ratios=[_ratio(rates, 'tinylm', 'hf'), _ratio(rates, 'weights only', 'hf'), _ratio(rates, 'tinylm', 'weights only')]
+                       + ([_ratio(rates, 'tinylm compiled', 'hf'), _ratio(rates, 'tinylm compiled', 'weights only')] if compiled else []))
 
 # %% ../nbs/14b_speed.ipynb #84f34cb1
 MAIN_JOB = dict(model='baseline_2017', vocab_size=66, block_size=128, n_layer=4, n_head=4, d_model=128, dropout=0.0,
@@ -368,9 +438,9 @@ THREADS = register_experiment(Benchmark('14b_threads', run_threads, notebook='14
 
 # %% ../nbs/14b_speed.ipynb #0d068845
 SPEED_SCALES = {   # scale -> shapes, thread counts, loads ('cores' = one busy process per core), rounds x steps, decode rounds
-    'tiny': dict(shapes=('tiny',), threads=(1,), loads=(0,), rounds=2, steps=1, decode_rounds=2, decode_tokens=8),
-    'cpu': dict(shapes=('small', 'large_vocab'), threads=(1, 2), loads=(0, 'cores'), rounds=5, steps=2, decode_rounds=7, decode_tokens=64),
-    'gpu': dict(shapes=('gpt2_124m',), threads=(None,), loads=(0,), rounds=5, steps=5, decode_rounds=7, decode_tokens=64),
+    'tiny': dict(shapes=('tiny',), threads=(1,), loads=(0,), rounds=2, steps=1, decode_rounds=2, decode_tokens=8, decode_compiled=False),
+    'cpu': dict(shapes=('small', 'large_vocab'), threads=(1, 2), loads=(0, 'cores'), rounds=5, steps=2, decode_rounds=7, decode_tokens=64, decode_compiled=True),
+    'gpu': dict(shapes=('gpt2_124m',), threads=(None,), loads=(0,), rounds=5, steps=5, decode_rounds=7, decode_tokens=64, decode_compiled=False),
 }
 
 def cell_key(shape: str, threads, load: int) -> str: return f'{shape} threads={threads} load={load}'
@@ -394,7 +464,7 @@ def run_speed(scale: str, device: str | None = None, previous: dict | None = Non
         for name, shape in DECODE_SHAPES.items():
             key = 'decode' if name == 'small' else f'decode {name}'
             if key in res: continue
-            res[key] = decode_vs_hf(1, s['decode_rounds'], s['decode_tokens'], shape=shape)
+            res[key] = decode_vs_hf(1, s['decode_rounds'], s['decode_tokens'], shape=shape, compiled=s['decode_compiled'])
             if verbose: print_decode(res[key])
             if save is not None: save(res)
     return res
@@ -422,6 +492,11 @@ def print_decode(d: dict) -> None:
         w, f = r['weights only / hf'], r['tinylm / weights only']
         print(f"  weights only ({d['weight_bytes'] / 1e6:.1f} MB of matrices read once per token, nothing else): "
               f"{d['tokens_per_s']['weights only']:,.0f} tok/s, x{w['ratio']:.2f} {_interval(w, 2)} of HF; tinylm runs at x{f['ratio']:.2f} {_interval(f, 2)} of it")
+    if 'tinylm compiled' in d['tokens_per_s']:   # the AOT-compiled DecodeStep (the prompt fed one token a step)
+        r = {x['what']: x for x in d['ratios']}
+        c, cw = r['tinylm compiled / hf'], r['tinylm compiled / weights only']
+        print(f"  tinylm compiled (DecodeStep, AOTInductor, {d['compile_s']:.0f} s to compile): {d['tokens_per_s']['tinylm compiled']:,.0f} tok/s, "
+              f"x{c['ratio']:.2f} {_interval(c, 2)} of HF, x{cw['ratio']:.2f} {_interval(cw, 2)} of the ceiling; identical tokens: {d['compiled_identical_tokens']}")
 
 def speed_headline(r: dict) -> list[str]:
     "One line per idle/loaded cell of tinylm against the reference in float32 (and bf16 where timed), and the decode ratio."
@@ -447,7 +522,7 @@ def cmd_bench(args) -> int:
         v = getattr(args, name)
         if v is not None and v < (0 if name == 'load' else 1): raise ValueError(f'--{name} must be a {"non-negative" if name == "load" else "positive"} integer, got {v}')
     print_cell(step_benchmark(args.shape, args.threads, args.load, args.rounds, args.steps, args.device, args.compile))
-    if args.decode: print_decode(decode_vs_hf(args.threads or 1, args.rounds))
+    if args.decode: print_decode(decode_vs_hf(args.threads or 1, args.rounds, compiled=bool(args.compile)))
     return 0
 
 def _bench_args(p) -> None:
@@ -457,7 +532,7 @@ def _bench_args(p) -> None:
     p.add_argument('--rounds', type=int, default=5, help='interleaved rounds (default: %(default)s)')
     p.add_argument('--steps', type=int, default=2, help='steps per variant per round (default: %(default)s)')
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1', 'mps' (default: cpu)")
-    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='also time tinylm under torch.compile (default: on CUDA)')
+    p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='also time tinylm under torch.compile (default: on CUDA); with --decode, the AOT-compiled decode step too')
     p.add_argument('--decode', action='store_true', help='also time greedy decoding against HF generate (needs transformers)')
 
 COMMANDS['bench'] = Command(cmd_bench, _bench_args, "time tinylm's training step against a plain reference GPT-2")
