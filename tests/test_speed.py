@@ -133,3 +133,5 @@ def test_decode_step_has_one_shape_and_the_tokens_of_generate():
         assert torch.equal(step_decode(step, prompt, 30), generate(m, prompt, 30, temperature=0)), name   # a second use: stale slots stay hidden
     with pytest.raises(ValueError, match=r'max_len=0 must be an integer in \[1, block_size=48\]'):
         DecodeStep(m, 0)
+    with pytest.raises(ValueError, match=r"prompt \(5 tokens\) \+ new_tokens <= the step's max_len=35"):
+        step_decode(step, prompt, 31)   # past the cache: refused, never written into its last slot

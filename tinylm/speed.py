@@ -24,9 +24,9 @@ from .experiments import Benchmark, interleaved_rates, ratio_interval, register_
 __all__ = ['BENCH_SHAPES', 'LOAD_KINDS', 'DECODE_SHAPES', 'MAIN_JOB', 'THREAD_SCALES', 'THREADS', 'SPEED_SCALES', 'SPEED',
            'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens', 'ReferenceTrainer',
            'bench_config', 'bf16_is_native', 'matmul_peak', 'competing_load', 'step_benchmark', 'StaticKVCache',
-           'DecodeStep', 'compile_decode_step', 'step_decode', 'decode_vs_hf', 'AtThreads', 'thread_benchmark',
-           'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed', 'print_cell', 'print_decode',
-           'speed_headline', 'cmd_bench']
+           'DecodeStep', 'CompiledDecodeStep', 'compile_decode_step', 'step_decode', 'decode_vs_hf', 'AtThreads',
+           'thread_benchmark', 'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed',
+           'print_cell', 'print_decode', 'speed_headline', 'cmd_bench']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -262,7 +262,7 @@ class DecodeStep(nn.Module):
         c, p = model.cfg, next(model.parameters())
         if not isinstance(max_len, int) or not 1 <= max_len <= c.block_size:
             raise ValueError(f'max_len={max_len!r} must be an integer in [1, block_size={c.block_size}]')
-        self.model, self.max_len = model, max_len
+        self.model, self.max_len, self.vocab_size = model, max_len, c.vocab_size
         for i in range(c.n_layer):   # one extra slot at the end: the newest key's copy
             self.register_buffer(f'k{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
             self.register_buffer(f'v{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
@@ -273,23 +273,35 @@ class DecodeStep(nn.Module):
         before = (self.slots < pos)[None]   # (1, max_len + 1): the keys of earlier positions; a slot past them is never read
         return self.model(tok, key_padding=before, pos=pos[None], cache=cache)[:, -1].argmax(-1)
 
-def compile_decode_step(step: DecodeStep, folder: str | Path | None = None):
-    "`step` exported and compiled ahead of time (AOTInductor): a callable with the same inputs and output, no Dynamo guards per call."
+class CompiledDecodeStep:
+    "A `DecodeStep` compiled ahead of time: called as it is, with the same `max_len` and `vocab_size`."
+    def __init__(self, run, max_len: int, vocab_size: int): self.run, self.max_len, self.vocab_size = run, max_len, vocab_size
+    def __call__(self, tok: Tensor, pos: Tensor) -> Tensor: return self.run(tok, pos)
+
+def compile_decode_step(step: DecodeStep, folder: str | Path | None = None) -> CompiledDecodeStep:
+    "`step` exported and compiled ahead of time (AOTInductor) into `folder` (default: a new temporary one): no Dynamo guards per call."
+    if not isinstance(step, DecodeStep): raise ValueError(f'compile_decode_step needs a DecodeStep, got {type(step).__name__}')
     import torch.export, torch._inductor   # heavy (seconds): only when a step is compiled
     dev = step.slots.device
     with torch.no_grad():
         ep = torch.export.export(step.eval(), (torch.zeros(1, 1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev)))
     folder = Path(folder or tempfile.mkdtemp(prefix='tinylm-decode-'))
     try: path = torch._inductor.aoti_compile_and_package(ep, package_path=str(folder / 'decode_step.pt2'))
-    except Exception as e:   # the compile needs a working C++ (or CUDA) toolchain
-        raise RuntimeError(f'compiling the decode step failed (AOTInductor needs a C++ compiler on this machine): {e}') from e
-    return torch._inductor.aoti_load_package(path)
+    except Exception as e:   # most often: no working C++ (or CUDA) toolchain on this machine
+        raise RuntimeError(f'compiling the decode step failed: {e} (AOTInductor needs a working C++ compiler)') from e
+    return CompiledDecodeStep(torch._inductor.aoti_load_package(path), step.max_len, step.vocab_size)
 
 @torch.inference_mode()
 def step_decode(step, prompt: Tensor, # (1, T) ids, T + new_tokens <= the step's max_len
                 new_tokens: int) -> Tensor:
     "Greedy decoding with a `DecodeStep` (eager or compiled): the prompt one token a step, then `new_tokens` more; (1, T + new_tokens) ids."
+    if not isinstance(prompt, Tensor) or prompt.ndim != 2 or prompt.size(0) != 1 or prompt.size(1) == 0 or prompt.is_floating_point():
+        raise ValueError(f'prompt must be a (1, T) tensor of token ids with T >= 1 (the step decodes batch 1), got {getattr(prompt, "shape", prompt)!r}')
+    if int(prompt.min()) < 0 or int(prompt.max()) >= step.vocab_size:
+        raise ValueError(f'prompt has token ids outside [0, {step.vocab_size}): min {int(prompt.min())}, max {int(prompt.max())}')
     T = prompt.size(1)
+    if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 0 or T + new_tokens > step.max_len:
+        raise ValueError(f'new_tokens={new_tokens!r} must be an integer >= 0 with prompt ({T} tokens) + new_tokens <= the step\'s max_len={step.max_len}')
     ids = torch.empty(1, T + new_tokens, dtype=torch.long, device=prompt.device); ids[:, :T] = prompt
     pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
     for t in range(T + new_tokens - 1):
