@@ -319,7 +319,7 @@ DECODE_SHAPES = {   # gpt2-preset fields of the decode comparison: the default, 
 
 def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64, prompt_len: int = 16,
                  shape: dict | None = None, # gpt2 preset fields; default 4 layers, width 256, vocab 256
-                 compiled: bool = False, # also time the AOT-compiled `DecodeStep` (15-40 s of compiling first)
+                 compiled: bool = False, # also time the AOT-compiled `DecodeStep` (seconds of compiling first, recorded as compile_s)
                 ) -> dict:
     "Greedy batch-1 decode tokens/s of tinylm `generate` and HF `generate` on the same weights, interleaved, tokens compared."
     try: require_transformers()
