@@ -28,7 +28,7 @@ __all__ = ['SCALES', 'EXPERIMENT_BASE', 'SCALE_KEYS', 'DATA_KEYS', 'BUDGETS', 'S
            'print_summary', 't_quantile', 'mean_interval', 'verdict', 'paired_difference', 'ratio_interval', 'verdicts',
            'verdict_table', 'claims_table', 'show_markdown', 'show_claims', 'show_verdicts', 'noise_summary',
            'axes_or_new', 'plot_title', 'runs_by_variant', 'plot_curves', 'plot_final', 'group_label', 'config_value',
-           'plot_lr_sweep', 'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'register_experiment',
+           'plot_lr_sweep', 'plot_grid', 'print_tuning', 'plot_tuning', 'Benchmark', 'no_scale', 'register_experiment',
            'run_benchmark', 'find_experiments', 'describe_plan', 'cmd_experiment', 'headline', 'course_table']
 
 # %% ../nbs/06_experiments.ipynb #27bb720e
@@ -884,6 +884,12 @@ class Benchmark:
     headline: Callable | None = None  # (result) -> short lines stating what it found, for course tables
     resumable: bool = False        # `run` also takes `previous=` (the partial result, or None) and `save=` (called with each partial result)
     plan: Callable | None = None   # (scale) -> lines describing what a run will do, for `--dry-run`
+    scales: tuple | None = None    # the scales it measures at (a CPU-threads study has no 'gpu'); None: every scale
+
+def no_scale(bench: Benchmark, scale: str) -> str | None:
+    "Why `bench` cannot run at `scale`, or `None` if it can."
+    if bench.scales is None or scale in bench.scales: return None
+    return f"{bench.name} has no {scale!r} scale; it runs at: {', '.join(map(repr, bench.scales))}"
 
 def register_experiment(exp: Experiment | Benchmark) -> Experiment | Benchmark:
     "Add `exp` to `EXPERIMENTS` (so `tinylm experiment` finds it) and return it."
@@ -894,6 +900,7 @@ def run_benchmark(bench: Benchmark, scale: str = 'tiny', *, results: str | Path 
                   device: str | None = None, verbose: bool = True) -> dict:
     "Run `bench` at `scale` unless its result file exists (or `force`), and write the result file at persisting scales; a resumable benchmark's partial file is finished, not redone."
     SCALES.check(scale)
+    if why := no_scale(bench, scale): raise ValueError(why)
     path, persist = result_path(bench.name, scale, results), SCALES[scale].persist
     previous = read_result(path) if persist and path.exists() and not force else None
     if previous is not None and not previous.get('partial'):
@@ -958,6 +965,9 @@ def cmd_experiment(args) -> int:
     except ValueError: raise ValueError(f'--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2') from None
     for exp in exps:
         if isinstance(exp, Benchmark):
+            if why := no_scale(exp, args.scale):
+                if exp.name in args.names: raise ValueError(why)   # asked for by name: an error
+                print(f'{why}: skipped'); continue                 # one of a notebook's: the others still run
             if args.dry_run:
                 print(f'{exp.name} at {args.scale} scale: ' + ('a benchmark (timed when it runs)' if exp.plan is None else 'a study of its own:'))
                 for line in (exp.plan(args.scale) if exp.plan is not None else []): print('  ' + line)

@@ -105,9 +105,10 @@ class MarkovTokens:
         return xy[:, :-1].contiguous().to(device), xy[:, 1:].contiguous().to(device)
 
 class ReferenceTrainer:
-    "nanoGPT's training step on a `RefGPT`: autocast if asked, backward, `clip_grad_norm_`, default `torch.optim.AdamW`."
-    def __init__(self, model: RefGPT, cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype | None = None):
+    "nanoGPT's training step on a `RefGPT`: autocast if asked, backward, `clip_grad_norm_`, default `torch.optim.AdamW`; `compile` as nanoGPT does on a GPU."
+    def __init__(self, model: RefGPT, cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype | None = None, compile: bool = False):
         self.model, self.cfg, self.data, self.device, self.dtype = model, cfg, data, device, dtype
+        self.fwd = torch.compile(model) if compile else model
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith(('wte', 'wpe'))]
         keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith(('wte', 'wpe')))]
         self.opt = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=keep, weight_decay=0.0)],
@@ -118,7 +119,7 @@ class ReferenceTrainer:
         "One optimizer step; returns (loss, gradient norm)."
         for g in self.opt.param_groups: g['lr'] = lr_at(self.step, self.cfg)
         x, y = self.data.get_batch('train', self.cfg.batch_size, self.cfg.block_size, generator=self.gen, device=self.device)
-        with autocast(self.device, self.dtype): loss = self.model(x, y)
+        with autocast(self.device, self.dtype): loss = self.fwd(x, y)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step(); self.opt.zero_grad(set_to_none=True); self.step += 1
@@ -147,11 +148,12 @@ def bf16_is_native(device: str | torch.device = 'cpu') -> bool:
 def _sync(device: torch.device):
     if device.type == 'cuda': torch.cuda.synchronize(device)
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 1024, device: str | torch.device = 'cpu', repeats: int = 5) -> float:
-    "FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on `device` at the current thread count: the best of `repeats` timings."
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int | None = None, device: str | torch.device = 'cpu', repeats: int = 5) -> float:
+    "FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on `device` at the current thread count: the best of `repeats` timings (n: 1024 on a CPU, 8192 on a GPU)."
     dev = torch.device(device)
+    n = n or (8192 if dev.type == 'cuda' else 1024)               # a GPU's peak needs a product large enough to fill it
     a, b = torch.randn(n, n, device=dev).to(dtype), torch.randn(n, n, device=dev).to(dtype)
-    reps = max(1, int(2e10 // (2 * n ** 3))) if dev.type == 'cuda' else 1   # a GPU needs many to be timed at all
+    reps = max(1, int(2e13 // (2 * n ** 3))) if dev.type == 'cuda' else 1   # ~20 TFLOP per timing: tens of ms, well past launch costs
     best = math.inf
     for i in range(repeats + 1):
         _sync(dev); t0 = time.perf_counter()
@@ -193,7 +195,10 @@ def _variants(cfg: ModelConfig, batch: int, data, device: torch.device, compile:
         out['tinylm' + suffix] = tr
         out['reference' + suffix] = ReferenceTrainer(reference_from(tr.model), tcfg.replace(block_size=cfg.block_size), data, device,
                                                      torch.bfloat16 if dt == 'bfloat16' else None)
-    if compile: out['tinylm compiled'] = Trainer(cfg, tcfg.replace(dtype=dtypes[''], compile=True), data)
+    if compile:   # both compiled, as a GPU user runs them (nanoGPT compiles by default)
+        out['tinylm compiled'] = tr = Trainer(cfg, tcfg.replace(dtype=dtypes[''], compile=True), data)
+        out['reference compiled'] = ReferenceTrainer(reference_from(tr.model), tcfg.replace(block_size=cfg.block_size), data, device,
+                                                     torch.bfloat16 if dtypes[''] == 'bfloat16' else None, compile=True)
     return out
 
 def _interval(x: dict, d: int = 3) -> str:
@@ -236,7 +241,7 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
                               mfu=round(tok_s * flops / spec, 4) if (spec := peak_flops(dev)) else None,   # against the GPU's datasheet
                               loss=round(losses[name], 5))
     ratios = [_ratio(rates, a, b) for a, b in (('tinylm', 'reference'), ('tinylm bf16', 'reference bf16'), ('tinylm bf16', 'reference'),
-                                               ('tinylm compiled', 'reference')) if a in rates and b in rates]
+                                               ('tinylm compiled', 'reference compiled')) if a in rates and b in rates]
     return dict(shape=shape, model=cfg.to_dict(), batch_size=batch, threads=torch.get_num_threads() if threads is None else threads,
                 load=load, others_cores=bg['others_cores'], commit=git_commit(), rounds=rounds, steps=steps, device=str(dev), flops_per_token=flops,
                 peak_flops={k: round(v) for k, v in peaks.items()}, variants=variants, ratios=ratios)
@@ -443,7 +448,7 @@ def threads_headline(r: dict) -> list[str]:
                    + ('' if x is None else f" ({x['what']} x{x['ratio']:.2f} {_interval(x, 2)})"))
     return out
 
-THREADS = register_experiment(Benchmark('14b_threads', run_threads, notebook='14b_speed', headline=threads_headline, resumable=True,
+THREADS = register_experiment(Benchmark('14b_threads', run_threads, notebook='14b_speed', headline=threads_headline, resumable=True, scales=tuple(THREAD_SCALES),
     description="the main job's training step at 1 thread and at one per core: idle, under spinning processes, under another torch job",
     plan=lambda scale: [f"load={l} {k}: {THREAD_SCALES[scale]['rounds']} rounds x {THREAD_SCALES[scale]['steps']} steps per thread count"
                         for l, k in THREAD_SCALES[scale]['loads']]))
@@ -488,8 +493,8 @@ def print_cell(c: dict) -> None:
     for name, v in c['variants'].items():
         pf = '' if v['peak_fraction'] is None else f"  {100 * v['peak_fraction']:.0f}% of the matmul peak"
         if v.get('mfu') is not None: pf += f"  MFU {100 * v['mfu']:.0f}%"
-        print(f"  {name:<16} {v['tokens_per_s']:>10,.0f} tok/s{pf}  loss after the timed steps {v['loss']:.4f}")
-    for x in c['ratios']: print(f"  {x['what']:<28} x{x['ratio']:.3f} {_interval(x)}: {x['verdict']}")
+        print(f"  {name:<18} {v['tokens_per_s']:>10,.0f} tok/s{pf}  loss after the timed steps {v['loss']:.4f}")
+    for x in c['ratios']: print(f"  {x['what']:<36} x{x['ratio']:.3f} {_interval(x)}: {x['verdict']}")
 
 def print_decode(d: dict) -> None:
     "The decode comparison in two lines."
@@ -524,7 +529,7 @@ def speed_headline(r: dict) -> list[str]:
                        + ('' if c is None else f", the compiled DecodeStep x{c['ratio']:.2f} {_interval(c, 2)}"))
     return out
 
-SPEED = register_experiment(Benchmark('14b_speed', run_speed, notebook='14b_speed', headline=speed_headline, resumable=True,
+SPEED = register_experiment(Benchmark('14b_speed', run_speed, notebook='14b_speed', headline=speed_headline, resumable=True, scales=tuple(SPEED_SCALES),
     description="tinylm's training step vs a plain nanoGPT-style reference (threads, load, bf16), and decode vs HF generate",
     plan=lambda scale: [f"{cell_key(sh, t, l)}: {SPEED_SCALES[scale]['rounds']} rounds x {SPEED_SCALES[scale]['steps']} steps per variant"
                         for sh in SPEED_SCALES[scale]['shapes'] for t in SPEED_SCALES[scale]['threads'] for l in SPEED_SCALES[scale]['loads']]))
