@@ -281,9 +281,17 @@ def test_a_result_file_of_another_experiment_is_refused(tmp_path, keep_scale):
 
 
 def test_every_committed_result_file_reads():
+    seen = set()
     for p in sorted((Path(__file__).resolve().parent.parent / 'nbs' / 'results').glob('*-*.json')):
-        if not p.name.startswith(('02_', 'main_job')):   # the tokenizer table and a `tinylm train` summary are not result files
-            assert isinstance(load_result(p.stem.rsplit("-", 1)[0], "cpu", p.parent), dict)
+        name, scale = p.stem.rsplit('-', 1)
+        seen.add(scale)
+        if p.name.startswith(('main_job', 'train_')):   # the summary.json of a `tinylm train` run: what ran and what it reached
+            s = json.loads(p.read_text())
+            assert len(s['git_commit']) >= 40 and s['val_loss'] < s['uniform_loss'] and s['tokens_per_s'] > 0, p.name
+        elif not p.name.startswith('02_'):              # the tokenizer table is not a result file
+            res = load_result(name, scale, p.parent)
+            assert isinstance(res, dict) and res['experiment'] == name and res.get('scale', scale) == scale, p.name
+    assert {'cpu', 'gpu'} <= seen
 
 
 def test_a_run_from_a_newer_version_is_not_reused_and_does_not_crash(tmp_path):
