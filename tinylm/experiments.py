@@ -1016,11 +1016,14 @@ def headline(result: dict, exp: Experiment | Benchmark | None = None) -> list[st
         out.append(f"{a} vs {b}: {d['verdict']} ({d['mean']:+.3f}{ci}, {d['n']} seeds)" if d['mean'] is not None else f'{a} vs {b}: no paired runs')
     return out
 
-def course_table(results: str | Path | None = None, scale: str = 'best') -> str:
+def course_table(results: str | Path | None = None,
+                 scale: str = 'all', # 'all': a row per persisted scale with a result (cpu, then gpu); 'best': the largest; or one scale
+                ) -> str:
     "A markdown table of every registered experiment with a result file: notebook, experiment, scale and its headline."
     lines = ['| notebook | experiment | scale | finding: the verdict of each claim (Δ final val loss, or a ratio of speeds, with its 95% interval) |', '|---|---|---|---|']
-    for e in sorted(EXPERIMENTS.values(), key=lambda e: (e.notebook or '', e.name)):
-        if not e.notebook or (res := load_result(e.name, scale, results)) is None: continue
+    scales = [s for s in reversed(SCALE_ORDER) if s in SCALES and SCALES[s].persist] if scale == 'all' else [scale]
+    for e, sc in ((e, sc) for e in sorted(EXPERIMENTS.values(), key=lambda e: (e.notebook or '', e.name)) for sc in scales):
+        if not e.notebook or (res := load_result(e.name, sc, results)) is None: continue
         if isinstance(e, Experiment) and not is_current(res):
             found = [f'made by an older harness (one LR for all, random eval windows): not yet re-run with `tinylm experiment {e.name}`'
                      if not all(r.get('fingerprint', {}).get('harness') == HARNESS_VERSION for r in res['runs'].values())

@@ -521,7 +521,11 @@ def speed_headline(r: dict) -> list[str]:
     for c in r['cells'].values():
         rs = {x['what']: x for x in c['ratios']}
         parts = [f"{w.split(' / ')[0]} x{rs[w]['ratio']:.2f} {_interval(rs[w], 2)}" for w in ('tinylm / reference', 'tinylm bf16 / reference') if w in rs]
-        out.append(f"{c['shape']}, {'default threads' if c['threads'] is None else _thread_label(c['threads'])}, {'idle' if not c['load'] else str(c['load']) + ' busy processes'}: " + ', '.join(parts) + ' vs the reference')
+        if (w := 'tinylm compiled / reference compiled') in rs: parts.append(f"compiled x{rs[w]['ratio']:.2f} {_interval(rs[w], 2)}")
+        mfu = {n: c['variants'][n].get('mfu') for n in ('tinylm compiled', 'reference compiled') if n in c['variants']}
+        where = c['device'] if c['device'].startswith('cuda') else ('default threads' if c['threads'] is None else _thread_label(c['threads']))
+        out.append(f"{c['shape']}, {where}, {'idle' if not c['load'] else str(c['load']) + ' busy processes'}: " + ', '.join(parts) + ' vs the reference'
+                   + (f" (MFU {', '.join(f'{n} {100 * m:.0f}%' for n, m in mfu.items())})" if all(mfu.values()) and mfu else ''))
     for key, d in r.items():
         if key.startswith('decode') and 'ratios' in d:
             c = next((x for x in d['ratios'] if x['what'] == 'tinylm compiled / hf'), None)
