@@ -22,25 +22,28 @@ from .experiments import Benchmark, interleaved_rates, ratio_interval, register_
 
 # %% auto #0
 __all__ = ['BENCH_SHAPES', 'LOAD_KINDS', 'DECODE_SHAPES', 'MAIN_JOB', 'THREAD_SCALES', 'THREADS', 'SPEED_SCALES', 'SPEED',
-           'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens', 'ReferenceTrainer',
-           'bench_config', 'bf16_is_native', 'matmul_peak', 'competing_load', 'step_benchmark', 'StaticKVCache',
-           'DecodeStep', 'CompiledDecodeStep', 'compile_decode_step', 'step_decode', 'decode_vs_hf', 'AtThreads',
-           'thread_benchmark', 'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed',
-           'print_cell', 'print_decode', 'speed_headline', 'cmd_bench']
+           'GAP_SCALES', 'GAP_PAIRS', 'GAP', 'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens',
+           'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'competing_load', 'step_benchmark',
+           'StaticKVCache', 'DecodeStep', 'CompiledDecodeStep', 'compile_decode_step', 'step_decode', 'decode_vs_hf',
+           'AtThreads', 'thread_benchmark', 'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed',
+           'print_cell', 'print_decode', 'speed_headline', 'cmd_bench', 'gap_benchmark', 'print_gap', 'run_gap']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
-    "A GPT-2 block as nanoGPT writes it: one fused q/k/v projection, SDPA, a tanh-GELU MLP, pre-norm LayerNorms."
-    def __init__(self, d: int, n_head: int):
+    "A GPT-2 block as nanoGPT writes it: one fused q/k/v projection (or, `fused_qkv=False`, three as tinylm has them), SDPA, a tanh-GELU MLP, pre-norm LayerNorms."
+    def __init__(self, d: int, n_head: int, fused_qkv: bool = True):
         super().__init__()
         self.n_head = n_head
         self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        if fused_qkv: self.c_attn = nn.Linear(d, 3 * d)
+        else: self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.c_proj = nn.Linear(d, d)
         self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        h = self.ln_1(x)
+        q, k, v = self.c_attn(h).split(C, dim=2) if hasattr(self, 'c_attn') else (self.q_proj(h), self.k_proj(h), self.v_proj(h))
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))   # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
@@ -48,10 +51,10 @@ class RefBlock(nn.Module):
 
 class RefGPT(nn.Module):
     "GPT-2 in the plain style of nanoGPT: learned positions, tied output layer, `F.cross_entropy` on the full logits."
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, d_model: int, n_head: int):
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, d_model: int, n_head: int, fused_qkv: bool = True):
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab_size, d_model), nn.Embedding(block_size, d_model)
-        self.h = nn.ModuleList(RefBlock(d_model, n_head) for _ in range(n_layer))
+        self.h = nn.ModuleList(RefBlock(d_model, n_head, fused_qkv) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
@@ -71,15 +74,18 @@ def check_gpt2_shape(cfg: ModelConfig) -> None:
     if bad: raise ValueError(f'the reference is GPT-2 without dropout; these fields differ from it: {bad} (allowed: {want})')
 
 @torch.no_grad()
-def reference_from(model: Transformer) -> RefGPT:
-    "A `RefGPT` with `model`'s shape and a copy of its weights (q, k and v stacked into `c_attn`)."
+def reference_from(model: Transformer, fused_qkv: bool = True) -> RefGPT:
+    "A `RefGPT` with `model`'s shape and a copy of its weights (q, k and v stacked into `c_attn`, or copied one by one)."
     cfg = model.cfg; check_gpt2_shape(cfg)
-    ref = RefGPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.d_model, cfg.n_head).to(model.tok_emb.weight.device)
+    ref = RefGPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.d_model, cfg.n_head, fused_qkv).to(model.tok_emb.weight.device)
     ref.wte.weight.copy_(model.tok_emb.weight); ref.wpe.weight.copy_(model.pos.emb.weight)
     for r, b in zip(ref.h, model.blocks):
         a = b.attn
-        r.c_attn.weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
-        r.c_attn.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+        if fused_qkv:
+            r.c_attn.weight.copy_(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]))
+            r.c_attn.bias.copy_(torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]))
+        else:
+            for name in ('q_proj', 'k_proj', 'v_proj'): getattr(r, name).load_state_dict(getattr(a, name).state_dict())
         for dst, src in ((r.c_proj, a.o_proj), (r.c_fc, b.ffn.up_proj), (r.mlp_proj, b.ffn.down_proj), (r.ln_1, b.norm1), (r.ln_2, b.norm2)):
             dst.weight.copy_(src.weight); dst.bias.copy_(src.bias)
     ref.ln_f.weight.copy_(model.norm_f.weight); ref.ln_f.bias.copy_(model.norm_f.bias)
@@ -105,14 +111,16 @@ class MarkovTokens:
         return xy[:, :-1].contiguous().to(device), xy[:, 1:].contiguous().to(device)
 
 class ReferenceTrainer:
-    "nanoGPT's training step on a `RefGPT`: autocast if asked, backward, `clip_grad_norm_`, default `torch.optim.AdamW`; `compile` as nanoGPT does on a GPU."
-    def __init__(self, model: RefGPT, cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype | None = None, compile: bool = False):
+    "nanoGPT's training step on a `RefGPT`: autocast if asked, backward, `clip_grad_norm_`, default `torch.optim.AdamW` (or its fused kernel); `compile` as nanoGPT does on a GPU."
+    def __init__(self, model: RefGPT, cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype | None = None, compile: bool = False,
+                 fused_adamw: bool = False):
         self.model, self.cfg, self.data, self.device, self.dtype = model, cfg, data, device, dtype
         self.fwd = torch.compile(model) if compile else model
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith(('wte', 'wpe'))]
         keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith(('wte', 'wpe')))]
         self.opt = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=keep, weight_decay=0.0)],
-                                     lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+                                     lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                                     **(dict(fused=True) if fused_adamw else {}))
         self.gen, self.step = torch.Generator().manual_seed(cfg.seed), 0
 
     def train_step(self) -> tuple[Tensor, Tensor]:
@@ -559,3 +567,62 @@ def _bench_args(p) -> None:
     p.add_argument('--decode', action='store_true', help='also time greedy decoding against HF generate (needs transformers)')
 
 COMMANDS['bench'] = Command(cmd_bench, _bench_args, "time tinylm's training step against a plain reference GPT-2")
+
+# %% ../nbs/14b_speed.ipynb #953c2bcc
+def _full_logits(fwd):
+    "A trainer's forward that always takes the full-logits loss (`F.cross_entropy` on the (B, T, V) logits) instead of `linear_cross_entropy`."
+    def run(x: Tensor, y: Tensor, return_logits: bool = False): return fwd(x, y, return_logits=True)
+    return run
+
+GAP_SCALES = {'tiny': dict(shape='tiny', rounds=2, steps=1), 'gpu': dict(shape='gpt2_124m', rounds=5, steps=5)}
+GAP_PAIRS = (('tinylm, full logits', 'tinylm'), ('reference, separate q/k/v', 'reference'),
+             ('reference, fused AdamW', 'reference'), ('tinylm', 'reference'))   # (changed, unchanged): one difference each
+
+def gap_benchmark(shape: str = 'gpt2_124m', # a name in BENCH_SHAPES
+                  rounds: int = 5, steps: int = 5, device: str | None = None,
+                  compile: bool | None = None, # default: on CUDA only
+                 ) -> dict:
+    "tinylm's step and the reference's, each also with one of their differences changed, in interleaved rounds: what each difference costs."
+    dev = resolve_device(device or 'cpu'); cfg, batch = bench_config(shape)
+    compile = dev.type == 'cuda' if compile is None else compile
+    dtype = 'bfloat16' if dev.type == 'cuda' else 'float32'
+    tcfg = TrainConfig(max_steps=10 ** 6, batch_size=batch, lr=1e-3, warmup_steps=10, device=str(dev), progress=False, seed=0,
+                       dtype=dtype, compile=compile)
+    data = MarkovTokens(cfg.vocab_size)
+    ours, logits = Trainer(cfg, tcfg, data), Trainer(cfg, tcfg, data)   # the same seed: the same initial weights
+    logits.fwd = _full_logits(logits.fwd)
+    def ref(fused_qkv: bool = True, fused_adamw: bool = False) -> ReferenceTrainer:
+        return ReferenceTrainer(reference_from(ours.model, fused_qkv), tcfg.replace(block_size=cfg.block_size), data, dev,
+                                torch.bfloat16 if dtype == 'bfloat16' else None, compile=compile, fused_adamw=fused_adamw)
+    trainers = {'tinylm': ours, 'tinylm, full logits': logits, 'reference': ref(),
+                'reference, separate q/k/v': ref(fused_qkv=False), 'reference, fused AdamW': ref(fused_adamw=True)}
+    with others_cpu() as bg:
+        rates = interleaved_rates(trainers, rounds, steps, clock='wall', warmup=2)
+        losses = {name: tr.train_step()[0].item() for name, tr in trainers.items()}   # one more step each: the same batch
+    tokens, flops, spec = batch * cfg.block_size, ours.flops_per_token, peak_flops(dev)
+    variants = {n: dict(tokens_per_s=round(statistics.median(r) * tokens, 1), tokens_per_s_rounds=[round(x * tokens, 1) for x in r],
+                        mfu=round(statistics.median(r) * tokens * flops / spec, 4) if spec else None, loss=round(losses[n], 5))
+                for n, r in rates.items()}
+    return dict(shape=shape, model=cfg.to_dict(), batch_size=batch, dtype=dtype, compiled=compile, rounds=rounds, steps=steps,
+                device=str(dev), others_cores=bg['others_cores'], flops_per_token=flops, commit=git_commit(),
+                variants=variants, ratios=[_ratio(rates, a, b) for a, b in GAP_PAIRS])
+
+def print_gap(g: dict) -> None:
+    "Tokens/s, MFU and loss per variant, then what each difference costs, with its 95% interval."
+    print(f"{g['shape']} on {g['device']}, {g['dtype']}, {'compiled' if g['compiled'] else 'eager'}, {g['rounds']} rounds x {g['steps']} steps:")
+    for n, v in g['variants'].items():
+        print(f"  {n:<26} {v['tokens_per_s']:>10,.0f} tok/s" + ('' if v['mfu'] is None else f"  MFU {100 * v['mfu']:.1f}%")
+              + f"  loss after the timed steps {v['loss']:.4f}")
+    for x in g['ratios']: print(f"  {x['what']:<40} x{x['ratio']:.3f} {_interval(x)}: {x['verdict']}")
+
+def run_gap(scale: str, device: str | None = None) -> dict:
+    "The gap benchmark at `scale` ('tiny' on the CPU, 'gpu' on CUDA), with the environment."
+    if scale not in GAP_SCALES: raise ValueError(f"the gap benchmark has no {scale!r} scale; allowed: {', '.join(map(repr, GAP_SCALES))}")
+    s, dev = GAP_SCALES[scale], device or ('cuda' if scale == 'gpu' else 'cpu')
+    return dict(gap_benchmark(s['shape'], s['rounds'], s['steps'], dev), environment=environment_info(dev))
+
+GAP = register_experiment(Benchmark('14b_gap', run_gap, notebook='14b_speed', scales=tuple(GAP_SCALES),
+    description="the differences between tinylm's step and the reference's, one at a time: the loss, the q/k/v projections, the optimizer",
+    headline=lambda r: [f"{x['what']}: x{x['ratio']:.2f} {_interval(x, 2)} ({x['verdict']})" for x in r['ratios']],
+    plan=lambda scale: [f"{GAP_SCALES[scale]['shape']}: 5 variants ({', '.join(f'{a} vs {b}' for a, b in GAP_PAIRS)}), "
+                        f"{GAP_SCALES[scale]['rounds']} rounds x {GAP_SCALES[scale]['steps']} steps each"]))
