@@ -15,7 +15,7 @@ from ..generation import KVCache, decode_speed, kv_cache_bytes
 from ..experiments import EXPERIMENT_BASE, SCALES, Benchmark, Experiment, ratio_interval, register_experiment
 
 # %% auto #0
-__all__ = ['DECODE_SPEED', 'GQA_KV_HEADS', 'decode_benchmark', 'print_decode_benchmark']
+__all__ = ['DECODE_SCALES', 'DECODE_SPEED', 'GQA_KV_HEADS', 'decode_benchmark', 'print_decode_benchmark']
 
 # %% ../../nbs/studies/12_gqa.ipynb #16403fb5
 def decode_benchmark(scale: str = 'cpu', # model size and device of this experiment scale
@@ -74,8 +74,13 @@ def print_decode_benchmark(result: dict) -> None:
     for x in result.get('ratios', []):
         print(f"batch {x['batch_size']:>3} {x['what']:<40} tokens/s ratio {x['ratio']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}]: {x['verdict']}")
 
+DECODE_SCALES = {   # scale -> decode_benchmark settings; on a GPU wall time, and a shorter decode: 16 cells x 11 rounds of
+    'gpu': dict(clock='wall', new_tokens=128, repeats=5),   # 496-token decodes had not finished in 150 s on an H200 (2026-12-04)
+}
+
 DECODE_SPEED = register_experiment(Benchmark(
-    '12_decode_speed', lambda scale, device: decode_benchmark(scale, device=device, clock='process', note='tinylm experiment 12_decode_speed'),
+    '12_decode_speed', lambda scale, device: decode_benchmark(scale, device=device, note='tinylm experiment 12_decode_speed',
+                                                              **{'clock': 'process', **DECODE_SCALES.get(scale, {})}),
     description='greedy decode tokens/s with and without the KV cache, and KV-cache bytes, vs n_kv_head', notebook='12_gqa',
     headline=lambda r: [f"batch {x['batch_size']}, {x['what']}: {x['verdict']} (tokens/s x{x['ratio']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}])"
                         for x in r.get('ratios', []) if 'vs mha' in x['what']]))
