@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_cli.ipynb #5834253c
 from __future__ import annotations
-import argparse, json, math, os, sys, textwrap, time
+import argparse, json, math, os, statistics, sys, textwrap, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, s
 
 # %% auto #0
 __all__ = ['RUN_PRESETS', 'positive_int', 'non_negative_int', 'positive_float', 'non_negative_float', 'probability', 'RunPreset',
-           'resolve_run', 'checkpointed_threads', 'cmd_train', 'sample_text', 'cmd_sample', 'cmd_corpora',
-           'cmd_presets', 'train_help_epilog', 'build_parser', 'main']
+           'resolve_run', 'checkpointed_threads', 'steady_rate', 'cmd_train', 'sample_text', 'cmd_sample',
+           'cmd_corpora', 'cmd_presets', 'train_help_epilog', 'build_parser', 'main']
 
 # %% ../nbs/05a_cli.ipynb #f9ba567d
 @dataclass
@@ -85,6 +85,14 @@ def checkpointed_threads(run: Path) -> int | None:
     try: n = load_checkpoint(run, mmap=True).get('torch_threads')
     except (FileNotFoundError, ValueError): return None   # no checkpoint, or a bad one: the resume itself reports it
     return n if isinstance(n, int) and n > 0 else None
+
+def steady_rate(records: list[dict]) -> dict:
+    "Median tokens/s, and MFU where the GPU's peak is known, over the log windows after the first, which holds the warm-up and any compile; {} with fewer than two."
+    windows = [r for r in records if 'tokens_per_s' in r][1:]
+    if not windows: return {}
+    out = dict(tokens_per_s=statistics.median(r['tokens_per_s'] for r in windows), windows=len(windows))
+    if all('mfu' in r for r in windows): out['mfu'] = statistics.median(r['mfu'] for r in windows)
+    return out
 
 def cmd_train(args) -> int:
     "Train a model and leave a run folder with checkpoint, metrics, loss plot and a sample."
@@ -155,15 +163,19 @@ def _train(args) -> int:
     text = sample_text(model, tok, prompt, preset.sample_tokens, temperature=0.8, top_k=None,
                        seed=tcfg.seed, device=dev)
     with atomic_write(out / 'sample.txt', 'w') as f: f.write(text + '\n')
+    steady = steady_rate(res.records)
     summary = dict(preset=args.preset, model_preset=model_name, corpus=str(corpus), tokenizer=tok.name,
                    vocab_size=tok.vocab_size, params=n, steps=res.step, tokens=res.tokens,
                    train_seconds=round(res.elapsed_s, 2), total_seconds=round(time.perf_counter() - t0, 2),
                    tokens_per_s=round(res.tokens_per_s, 1), uniform_loss=math.log(tok.vocab_size),
+                   **{f'steady_{k}': v for k, v in steady.items() if k != 'windows'},
                    train_loss=res.train_loss, val_loss=res.val_loss, sample=text,
                    model_config=mcfg.to_dict(), train_config=tcfg.to_dict(), processes=world, **environment_info(dev))
     with atomic_write(out / 'summary.json', 'w') as f: json.dump(summary, f, indent=1)
+    after = '' if not steady else (f", {fmt_count(steady['tokens_per_s'])} tok/s after the first {tcfg.log_interval} steps"
+                                   + (f" at {steady['mfu']:.1%} MFU" if 'mfu' in steady else ''))   # the first window warms up (and compiles)
     print(f'\ntrained {res.step} steps, {fmt_count(res.tokens)} tokens in {res.elapsed_s:.0f} s '
-          f'({fmt_count(res.tokens_per_s)} tok/s; {time.perf_counter() - t0:.0f} s in all)')
+          f'({fmt_count(res.tokens_per_s)} tok/s{after}; {time.perf_counter() - t0:.0f} s in all)')
     print(f'final train loss {res.train_loss:.3f}, val loss {res.val_loss:.3f} nats/token '
           f'(a uniform guess: {math.log(tok.vocab_size):.3f})')
     print(f'\n--- sample ---\n{text}\n--------------\nrun folder: {out}  (ckpt.pt, metrics.jsonl, loss.png, sample.txt, summary.json)')
