@@ -128,6 +128,14 @@ def test_listings(capsys):
     assert 'default' in out and 'baseline_2017' in out
 
 
+def test_a_fresh_command_line_lists_presets_in_course_order(tmp_path):
+    "The studies import some step modules out of notebook order; the CLI imports the steps first, so listings follow the course."
+    code = 'import tinylm.cli\nfrom tinylm.model import MODEL_PRESETS\nprint(" ".join(MODEL_PRESETS))'
+    names = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    steps = ['baseline_2017', 'prenorm', 'rmsnorm', 'no_bias', 'swiglu', 'rope', 'gqa', 'gpt2', 'modern']   # notebooks 04, 07-14
+    assert [names.index(n) for n in steps] == sorted(names.index(n) for n in steps), names
+
+
 def test_a_busy_run_folder_is_one_clear_line(capsys, tmp_path):
     from tinylm.training import run_folder_lock
     with run_folder_lock(tmp_path / 'run'):   # as if another `tinylm train --out run` were running

@@ -20,6 +20,8 @@ from .training import (MODEL_FIELDS, PARALLEL, SCHEDULES, TRAIN_FIELDS, TrainCon
                              model_from_checkpoint, split_overrides, train)
 from .distributed import init_distributed, launched   # torchrun: several processes train one model (notebook 20)
 from . import experiments  # noqa: F401  (registers `tinylm experiment`)
+import tinylm.prenorm, tinylm.rmsnorm, tinylm.no_bias, tinylm.glu, tinylm.positions, tinylm.gqa, tinylm.stability, tinylm.modern  # noqa: F401, E401
+# ^ the steps in notebook order before the studies, which import some of them out of order: every listing (presets, --help) is in course order
 from .studies import baseline, prenorm, rmsnorm, no_bias, glu, positions, gqa, stability, modern, hyperparameters, scaling, knowledge, cramming, dynamics  # noqa: F401  (their experiments)
 
 # %% auto #0
