@@ -131,7 +131,11 @@ def test_decode_step_has_one_shape_and_the_tokens_of_generate():
         step = DecodeStep(m, 5 + 30)
         assert torch.equal(step_decode(step, prompt, 30), generate(m, prompt, 30, temperature=0)), name
         assert torch.equal(step_decode(step, prompt, 30), generate(m, prompt, 30, temperature=0)), name   # a second use: stale slots stay hidden
+        sampled = step_decode(DecodeStep(m, 35, greedy=False), prompt, 30, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(sampled, generate(m, prompt, 30, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(2))), name
     with pytest.raises(ValueError, match=r'max_len=0 must be an integer in \[1, block_size=48\]'):
         DecodeStep(m, 0)
     with pytest.raises(ValueError, match=r"prompt \(5 tokens\) \+ new_tokens <= the step's max_len=35"):
         step_decode(step, prompt, 31)   # past the cache: refused, never written into its last slot
+    with pytest.raises(ValueError, match='greedy=False'):
+        step_decode(step, prompt, 3, temperature=0.7)   # a greedy step cannot sample: said, not ignored

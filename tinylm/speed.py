@@ -14,7 +14,7 @@ from torch import nn, Tensor
 
 from .core import COMMANDS, Command, autocast, environment_info, git_commit, others_cpu, peak_flops, resolve_device, usable_cores
 from .model import MODEL_PRESETS, ModelConfig, Transformer
-from .generation import generate
+from .generation import generate, sample_next
 from .training import TrainConfig, Trainer, lr_at
 from .modern import gpt2
 from .hf import require_transformers, to_hf_gpt2
@@ -269,13 +269,13 @@ class _StaticLayer:
         return self.k, self.v
 
 class DecodeStep(nn.Module):
-    "One batch-1 greedy step of `model` at any position below `max_len`: (token (1, 1), position (1,)) -> the next token (1,)."
-    def __init__(self, model: Transformer, max_len: int):
+    "One batch-1 step of `model` at any position below `max_len`: (token (1, 1), position (1,)) -> the next token (1,), or with `greedy=False` its logits (1, V) to sample from."
+    def __init__(self, model: Transformer, max_len: int, greedy: bool = True):
         super().__init__()
         c, p = model.cfg, next(model.parameters())
         if not isinstance(max_len, int) or not 1 <= max_len <= c.block_size:
             raise ValueError(f'max_len={max_len!r} must be an integer in [1, block_size={c.block_size}]')
-        self.model, self.max_len, self.vocab_size = model, max_len, c.vocab_size
+        self.model, self.max_len, self.vocab_size, self.greedy = model, max_len, c.vocab_size, bool(greedy)
         for i in range(c.n_layer):   # one extra slot at the end: the newest key's copy
             self.register_buffer(f'k{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
             self.register_buffer(f'v{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
@@ -284,11 +284,13 @@ class DecodeStep(nn.Module):
         n = self.model.cfg.n_layer
         cache = StaticKVCache([getattr(self, f'k{i}') for i in range(n)], [getattr(self, f'v{i}') for i in range(n)], pos)
         before = (self.slots < pos)[None]   # (1, max_len + 1): the keys of earlier positions; a slot past them is never read
-        return self.model(tok, key_padding=before, pos=pos[None], cache=cache)[:, -1].argmax(-1)
+        logits = self.model(tok, key_padding=before, pos=pos[None], cache=cache)[:, -1]   # (1, V)
+        return logits.argmax(-1) if self.greedy else logits.float()
 
 class CompiledDecodeStep:
-    "A `DecodeStep` compiled ahead of time: called as it is, with the same `max_len` and `vocab_size`."
-    def __init__(self, run, max_len: int, vocab_size: int): self.run, self.max_len, self.vocab_size = run, max_len, vocab_size
+    "A `DecodeStep` compiled ahead of time: called as it is, with the same `max_len`, `vocab_size` and `greedy`."
+    def __init__(self, run, max_len: int, vocab_size: int, greedy: bool = True):
+        self.run, self.max_len, self.vocab_size, self.greedy = run, max_len, vocab_size, greedy
     def __call__(self, tok: Tensor, pos: Tensor) -> Tensor: return self.run(tok, pos)
 
 def compile_decode_step(step: DecodeStep, folder: str | Path | None = None) -> CompiledDecodeStep:
@@ -302,12 +304,16 @@ def compile_decode_step(step: DecodeStep, folder: str | Path | None = None) -> C
     try: path = torch._inductor.aoti_compile_and_package(ep, package_path=str(folder / 'decode_step.pt2'))
     except Exception as e:   # most often: no working C++ (or CUDA) toolchain on this machine
         raise RuntimeError(f'compiling the decode step failed: {e} (AOTInductor needs a working C++ compiler)') from e
-    return CompiledDecodeStep(torch._inductor.aoti_load_package(path), step.max_len, step.vocab_size)
+    return CompiledDecodeStep(torch._inductor.aoti_load_package(path), step.max_len, step.vocab_size, step.greedy)
 
 @torch.inference_mode()
 def step_decode(step, prompt: Tensor, # (1, T) ids, T + new_tokens <= the step's max_len
-                new_tokens: int) -> Tensor:
-    "Greedy decoding with a `DecodeStep` (eager or compiled): the prompt one token a step, then `new_tokens` more; (1, T + new_tokens) ids."
+                new_tokens: int,
+                temperature: float = 0.0, # 0 = greedy; above 0 needs a step made with greedy=False
+                top_k: int | None = None, top_p: float | None = None, # as in `generate`
+                generator: torch.Generator | None = None, # for reproducible sampling: the draws `generate` makes with it
+               ) -> Tensor:
+    "Decoding with a `DecodeStep` (eager or compiled): the prompt one token a step, then `new_tokens` more, greedy or sampled as `generate` samples; (1, T + new_tokens) ids."
     if not isinstance(prompt, Tensor) or prompt.ndim != 2 or prompt.size(0) != 1 or prompt.size(1) == 0 or prompt.is_floating_point():
         raise ValueError(f'prompt must be a (1, T) tensor of token ids with T >= 1 (the step decodes batch 1), got {getattr(prompt, "shape", prompt)!r}')
     if int(prompt.min()) < 0 or int(prompt.max()) >= step.vocab_size:
@@ -315,11 +321,20 @@ def step_decode(step, prompt: Tensor, # (1, T) ids, T + new_tokens <= the step's
     T = prompt.size(1)
     if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 0 or T + new_tokens > step.max_len:
         raise ValueError(f'new_tokens={new_tokens!r} must be an integer >= 0 with prompt ({T} tokens) + new_tokens <= the step\'s max_len={step.max_len}')
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature < math.inf:
+        raise ValueError(f'temperature={temperature!r} must be a number >= 0 (0 = greedy)')
+    if step.greedy and (temperature > 0 or top_k is not None or top_p is not None):
+        raise ValueError('this step is greedy (the argmax is inside it); to sample, make it with DecodeStep(model, max_len, greedy=False)')
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f'top_k={top_k!r} must be a positive integer or None')
+    if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1):
+        raise ValueError(f'top_p={top_p!r} must be in (0, 1] or None')
     ids = torch.empty(1, T + new_tokens, dtype=torch.long, device=prompt.device); ids[:, :T] = prompt
     pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
     for t in range(T + new_tokens - 1):
-        nxt = step(ids[:, t:t + 1], pos)
-        if t + 1 >= T: ids[:, t + 1] = nxt
+        out = step(ids[:, t:t + 1], pos)
+        if t + 1 >= T:   # past the prompt: the next token (no draw is made for prompt positions, so the generator matches generate's)
+            ids[:, t + 1] = out if step.greedy else sample_next(out, temperature, top_k, top_p, generator)
         pos += 1
     return ids
 
