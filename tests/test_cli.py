@@ -94,6 +94,7 @@ def test_overrides_reach_the_configs(tmp_path, capsys):
     (['train', '--set', 'norm_eps=inf'], 'ModelConfig.norm_eps=inf must be a finite number'),
     (['train', '--set', 'vocab_size=10'], '--set vocab_size=10 is smaller than the vocabulary of the tokenizer'),
     (['train', '--lr', '1e39', '--set', 'warmup_steps=0'], 'TrainConfig.lr=1e+39 must be in (0, 1e6]'),
+    (['train', '--prompt', 'price: 5€'], "--prompt 'price: 5€': the char-"),   # a sample prompt the corpus cannot spell: refused, not dropped
 ])
 def test_errors_are_one_clear_line(argv, message, capsys):
     rc, out, err = run(capsys, *argv, *(['--preset', 'tiny'] if argv[0] == 'train' and '--preset' not in argv else []))
@@ -134,6 +135,12 @@ def test_a_fresh_command_line_lists_presets_in_course_order(tmp_path):
     names = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
     steps = ['baseline_2017', 'prenorm', 'rmsnorm', 'no_bias', 'swiglu', 'rope', 'gqa', 'gpt2', 'modern']   # notebooks 04, 07-14
     assert [names.index(n) for n in steps] == sorted(names.index(n) for n in steps), names
+
+
+def test_train_prompt_starts_the_sample(tmp_path, capsys):
+    rc, out, _ = run(capsys, 'train', '--preset', 'tiny', '--max-steps', '2', '--device', 'cpu', '--no-progress',
+                     '--out', str(tmp_path / 'run'), '--prompt', 'In the')
+    assert rc == 0 and (tmp_path / 'run' / 'sample.txt').read_text().startswith('In the')
 
 
 def test_a_busy_run_folder_is_one_clear_line(capsys, tmp_path):

@@ -139,9 +139,11 @@ def _train(args) -> int:
         raise ValueError(f'--set vocab_size={vocab} is smaller than the vocabulary of the tokenizer ({tok.name}: {tok.vocab_size} ids); '
                          'it may only be larger (padding), or choose another --tokenizer')
     mcfg = MODEL_PRESETS[model_name](**{**overrides, 'vocab_size': vocab})
-    prompt = preset.prompt
+    prompt = preset.prompt if args.prompt is None else args.prompt
     try: tok.encode(prompt)
     except (ValueError, KeyError):
+        if args.prompt is not None:   # asked for: refused, not dropped
+            raise ValueError(f'--prompt {prompt!r}: the {tok.name} tokenizer of this corpus cannot spell it; give a prompt in its characters, or --prompt ""') from None
         print(f'note: this corpus cannot spell the preset\'s sample prompt {prompt!r}, so the sample will start from nothing')
         prompt = ''
     with torch.device('meta'): n = count_params(Transformer(mcfg))   # shapes only, no memory
@@ -266,6 +268,7 @@ def _train_args(p):
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--threads', type=positive_int, help="torch's CPU threads for this process (default: one per core, less the cores other processes keep busy as the run starts; OMP_NUM_THREADS, if set, decides instead)")
+    p.add_argument('--prompt', help="start of the sample written at the end of the run (default: the preset's; '' = from nothing)")
     p.add_argument('--out', help='run folder (default: runs/TIMESTAMP-PRESET)')
     p.add_argument('--resume', action='store_true', help='continue from OUT/ckpt.pt')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
