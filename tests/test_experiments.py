@@ -357,3 +357,17 @@ def test_tokenizer_variants_are_checked():
         Experiment('v', {'a': {}}, metric='bpb')
     with pytest.raises(ValueError, match="unknown tokenizer spec 'wordpiece'"):
         plan(Experiment('v', {'a': {'tokenizer': 'wordpiece'}}, metric='val_bpb'), 'tiny')
+
+
+def test_the_gpu_script_names_only_what_can_run_at_gpu_scale():
+    "A GPU lease is minutes long: a typo in .ci/gpu, or a benchmark with no gpu scale, must fail here, not there."
+    import subprocess
+    from tinylm.experiments import Benchmark, no_scale
+    script = Path(__file__).resolve().parent.parent / '.ci' / 'gpu'
+    names = re.findall(r'^job \d+ python3 -m tinylm\.console experiment (\S+) --scale gpu', script.read_text(), re.M)
+    assert len(names) >= 4, names
+    for name in names:
+        assert name in EXPERIMENTS, f'.ci/gpu runs {name!r}, which is not a registered experiment'
+        exp = EXPERIMENTS[name]
+        assert not isinstance(exp, Benchmark) or no_scale(exp, 'gpu') is None, no_scale(exp, 'gpu')
+    assert subprocess.run(['bash', '-n', str(script)]).returncode == 0   # it parses
