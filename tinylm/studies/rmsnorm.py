@@ -261,6 +261,9 @@ NORM_TIME = register_experiment(Benchmark(
     '08_norm_time', lambda scale, device: norm_time_report(scale, device=device, note='tinylm experiment 08_norm_time'),
     description="the norms' share of FLOPs vs of training-step time, eager and compiled, LayerNorm and RMSNorm",
     notebook='08_rmsnorm', headline=lambda r: [
+        f"{'LayerNorm' if x['norm'] == 'layer' else 'RMSNorm'}, eager: {100 * x['flop_share']:.3f}% of the FLOPs, "
+        f"{100 * x['ablation_share']:.2f}% [{100 * x['ablation_share_ci'][0]:.2f}, {100 * x['ablation_share_ci'][1]:.2f}] of the step time"
+        for x in r.get('runs', []) if not x['compiled']] + [
         f"RMSNorm vs LayerNorm step time, {mode}: {x['verdict']} (ratio {x['ratio']:.3f} [{x['lo']:.3f}, {x['hi']:.3f}])"
         for mode, x in r.get('rms_vs_layer', {}).items()]))
 
