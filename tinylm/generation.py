@@ -14,7 +14,7 @@ from .model import ModelConfig, Transformer
 
 # %% auto #0
 __all__ = ['CLOCKS', 'kv_cache_bytes', 'LayerKVCache', 'KVCache', 'top_k_filter', 'top_p_filter', 'sample_next', 'left_pad',
-           'prompt_positions', 'relative_positions', 'can_cache', 'generate', 'decode_speed']
+           'prompt_positions', 'relative_positions', 'can_cache', 'check_sampling', 'generate', 'decode_speed']
 
 # %% ../nbs/04a_generation.ipynb #0b4c70fb
 def kv_cache_bytes(cfg: ModelConfig, # the model's config
@@ -142,18 +142,22 @@ def can_cache(model: Transformer, prompt_len: int, max_new_tokens: int) -> bool:
     return prompt_len + max_new_tokens <= bs or (prompt_len <= bs and relative_positions(model))
 
 # %% ../nbs/04a_generation.ipynb #8e6e0a1c
+def check_sampling(temperature, top_k, top_p) -> None:
+    "Raise a `ValueError` naming the argument unless temperature >= 0 (finite), top_k a positive integer or None, top_p in (0, 1] or None."
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f'temperature={temperature!r} must be a finite number >= 0 (0 = greedy)')
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f'top_k={top_k!r} must be a positive integer or None')
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f'top_p={top_p!r} must be a number in (0, 1] or None')
+
 def _check_generate_args(model: Transformer, max_new_tokens, temperature, top_k, top_p, stop, pad_id) -> Tensor | None:
     "Validate the sampling arguments; return the stop ids as a tensor (or None)."
     V = model.cfg.vocab_size
     isint = lambda x: isinstance(x, int) and not isinstance(x, bool)
     if not isint(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f'max_new_tokens={max_new_tokens!r} must be an integer >= 0')
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f'temperature={temperature!r} must be a finite number >= 0 (0 = greedy)')
-    if top_k is not None and (not isint(top_k) or top_k < 1):
-        raise ValueError(f'top_k={top_k!r} must be a positive integer or None')
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ValueError(f'top_p={top_p!r} must be a number in (0, 1] or None')
+    check_sampling(temperature, top_k, top_p)
     if pad_id is not None and (not isint(pad_id) or not 0 <= pad_id < V):
         raise ValueError(f'pad_id={pad_id!r} must be None or a token id in [0, {V})')
     if stop is None: return None

@@ -14,7 +14,7 @@ from torch import nn, Tensor
 
 from .core import COMMANDS, Command, autocast, environment_info, git_commit, others_cpu, peak_flops, resolve_device, usable_cores
 from .model import MODEL_PRESETS, ModelConfig, Transformer
-from .generation import generate, sample_next
+from .generation import check_sampling, generate, sample_next
 from .training import TrainConfig, Trainer, lr_at
 from .modern import gpt2
 from .hf import require_transformers, to_hf_gpt2
@@ -35,6 +35,7 @@ class RefBlock(nn.Module):
         super().__init__()
         self.n_head = n_head
         self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.fused_qkv = fused_qkv
         if fused_qkv: self.c_attn = nn.Linear(d, 3 * d)
         else: self.q_proj, self.k_proj, self.v_proj = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.c_proj = nn.Linear(d, d)
@@ -43,7 +44,7 @@ class RefBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, T, C = x.shape
         h = self.ln_1(x)
-        q, k, v = self.c_attn(h).split(C, dim=2) if hasattr(self, 'c_attn') else (self.q_proj(h), self.k_proj(h), self.v_proj(h))
+        q, k, v = self.c_attn(h).split(C, dim=2) if self.fused_qkv else (self.q_proj(h), self.k_proj(h), self.v_proj(h))
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))   # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
@@ -321,14 +322,9 @@ def step_decode(step, prompt: Tensor, # (1, T) ids, T + new_tokens <= the step's
     T = prompt.size(1)
     if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 0 or T + new_tokens > step.max_len:
         raise ValueError(f'new_tokens={new_tokens!r} must be an integer >= 0 with prompt ({T} tokens) + new_tokens <= the step\'s max_len={step.max_len}')
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature < math.inf:
-        raise ValueError(f'temperature={temperature!r} must be a number >= 0 (0 = greedy)')
+    check_sampling(temperature, top_k, top_p)   # generate's rules
     if step.greedy and (temperature > 0 or top_k is not None or top_p is not None):
         raise ValueError('this step is greedy (the argmax is inside it); to sample, make it with DecodeStep(model, max_len, greedy=False)')
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f'top_k={top_k!r} must be a positive integer or None')
-    if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1):
-        raise ValueError(f'top_p={top_p!r} must be in (0, 1] or None')
     ids = torch.empty(1, T + new_tokens, dtype=torch.long, device=prompt.device); ids[:, :T] = prompt
     pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
     for t in range(T + new_tokens - 1):
