@@ -214,6 +214,12 @@ def _interval(x: dict, d: int = 3) -> str:
     "'[lo, hi]', or '(one round: no interval)'."
     return '(one round: no interval)' if x['lo'] is None else f"[{x['lo']:.{d}f}, {x['hi']:.{d}f}]"
 
+def _variant_row(steps_per_s: list[float], tokens: int, flops: int, spec: float | None, loss: float) -> dict:
+    "One timed variant: median and per-round tokens/s, MFU against the GPU's data sheet (None elsewhere), its loss."
+    tok_s = statistics.median(steps_per_s) * tokens
+    return dict(tokens_per_s=round(tok_s, 1), tokens_per_s_rounds=[round(x * tokens, 1) for x in steps_per_s],
+                mfu=round(tok_s * flops / spec, 4) if spec else None, loss=round(loss, 5))
+
 def _ratio(rates: dict, a: str, b: str) -> dict:
     r = ratio_interval(rates[a], rates[b], below='slower', above='faster')
     return dict(what=f'{a} / {b}', **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})
@@ -243,12 +249,9 @@ def step_benchmark(shape: str = 'small', # a name in BENCH_SHAPES
     flops = next(iter(trainers.values())).flops_per_token
     variants = {}
     for name, r in rates.items():
-        tok_s = statistics.median(r) * tokens
+        v = _variant_row(r, tokens, flops, peak_flops(dev), losses[name])
         peak = peaks.get('bfloat16' if 'bf16' in name or dev.type == 'cuda' else 'float32')   # the peak of the dtype it multiplies in
-        variants[name] = dict(tokens_per_s=round(tok_s, 1), tokens_per_s_rounds=[round(x * tokens, 1) for x in r],
-                              peak_fraction=round(tok_s * flops / peak, 4) if peak else None,
-                              mfu=round(tok_s * flops / spec, 4) if (spec := peak_flops(dev)) else None,   # against the GPU's datasheet
-                              loss=round(losses[name], 5))
+        variants[name] = dict(v, peak_fraction=round(v['tokens_per_s'] * flops / peak, 4) if peak else None)
     ratios = [_ratio(rates, a, b) for a, b in (('tinylm', 'reference'), ('tinylm bf16', 'reference bf16'), ('tinylm bf16', 'reference'),
                                                ('tinylm compiled', 'reference compiled')) if a in rates and b in rates]
     return dict(shape=shape, model=cfg.to_dict(), batch_size=batch, threads=torch.get_num_threads() if threads is None else threads,
@@ -612,9 +615,7 @@ def gap_benchmark(shape: str = 'gpt2_124m', # a name in BENCH_SHAPES
         rates = interleaved_rates(trainers, rounds, steps, clock='wall', warmup=2)
         losses = {name: tr.train_step()[0].item() for name, tr in trainers.items()}   # one more step each: the same batch
     tokens, flops, spec = batch * cfg.block_size, ours.flops_per_token, peak_flops(dev)
-    variants = {n: dict(tokens_per_s=round(statistics.median(r) * tokens, 1), tokens_per_s_rounds=[round(x * tokens, 1) for x in r],
-                        mfu=round(statistics.median(r) * tokens * flops / spec, 4) if spec else None, loss=round(losses[n], 5))
-                for n, r in rates.items()}
+    variants = {n: _variant_row(r, tokens, flops, spec, losses[n]) for n, r in rates.items()}
     return dict(shape=shape, model=cfg.to_dict(), batch_size=batch, dtype=dtype, compiled=compile, rounds=rounds, steps=steps,
                 device=str(dev), others_cores=bg['others_cores'], flops_per_token=flops, commit=git_commit(),
                 variants=variants, ratios=[_ratio(rates, a, b) for a, b in GAP_PAIRS])
