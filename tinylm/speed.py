@@ -4,7 +4,7 @@
 
 # %% ../nbs/14b_speed.ipynb #2620ccab
 from __future__ import annotations
-import argparse, contextlib, math, os, statistics, subprocess, sys, tempfile, time
+import argparse, contextlib, math, os, re, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,13 @@ from .experiments import Benchmark, interleaved_rates, ratio_interval, register_
 
 # %% auto #0
 __all__ = ['BENCH_SHAPES', 'LOAD_KINDS', 'DECODE_SHAPES', 'MAIN_JOB', 'THREAD_SCALES', 'THREADS', 'SPEED_SCALES', 'SPEED',
-           'GAP_SCALES', 'GAP_PAIRS', 'GAP', 'RefBlock', 'RefGPT', 'check_gpt2_shape', 'reference_from', 'MarkovTokens',
-           'ReferenceTrainer', 'bench_config', 'bf16_is_native', 'matmul_peak', 'competing_load', 'step_benchmark',
-           'StaticKVCache', 'DecodeStep', 'CompiledDecodeStep', 'compile_decode_step', 'step_decode', 'decode_vs_hf',
-           'AtThreads', 'thread_benchmark', 'print_threads', 'run_threads', 'threads_headline', 'cell_key', 'run_speed',
-           'print_cell', 'print_decode', 'speed_headline', 'cmd_bench', 'gap_benchmark', 'print_gap', 'run_gap']
+           'GAP_SCALES', 'GAP_PAIRS', 'MATMUL_OPS', 'ATTENTION_OPS', 'KINETO_CHATTER', 'GAP', 'RefBlock', 'RefGPT',
+           'check_gpt2_shape', 'reference_from', 'MarkovTokens', 'ReferenceTrainer', 'bench_config', 'bf16_is_native',
+           'matmul_peak', 'competing_load', 'step_benchmark', 'StaticKVCache', 'DecodeStep', 'CompiledDecodeStep',
+           'compile_decode_step', 'step_decode', 'decode_vs_hf', 'AtThreads', 'thread_benchmark', 'print_threads',
+           'run_threads', 'threads_headline', 'cell_key', 'run_speed', 'print_cell', 'print_decode', 'speed_headline',
+           'cmd_bench', 'op_kind', 'quiet_profiler', 'op_shares', 'step_ceiling', 'gap_benchmark', 'print_gap',
+           'run_gap']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -588,14 +590,61 @@ def _full_logits(fwd):
     def run(x: Tensor, y: Tensor, return_logits: bool = False): return fwd(x, y, return_logits=True)
     return run
 
-GAP_SCALES = {'tiny': dict(shape='tiny', rounds=2, steps=1), 'cpu': dict(shape='small', rounds=7, steps=2),   # the cpu scale at the threads as they are
-              'gpu': dict(shape='gpt2_124m', rounds=5, steps=5)}
+GAP_SCALES = {'tiny': dict(shape='tiny', rounds=2, steps=1), 'cpu': dict(shape='small', rounds=7, steps=2, also_compiled=True),
+              'gpu': dict(shape='gpt2_124m', rounds=5, steps=5)}   # the cpu scale at the threads as they are
 GAP_PAIRS = (('tinylm, full logits', 'tinylm'), ('reference, separate q/k/v', 'reference'),
-             ('reference, fused AdamW', 'reference'), ('tinylm', 'reference'))   # (changed, unchanged): one difference each
+             ('reference, fused AdamW', 'reference'), ('tinylm compiled', 'tinylm'),   # (changed, unchanged): one difference each
+             ('tinylm', 'reference'), ('tinylm compiled', 'reference'))                # and the two steps as a user runs them
+
+MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')   # the matrix multiplies a step's Linear layers end in
+ATTENTION_OPS = 'aten::_scaled_dot_product'                              # the prefix of SDPA's fused kernels, forward and backward
+
+def op_kind(name: str) -> str:
+    "'matmul', 'attention' or 'other': which part of a step a profiled aten op is."
+    return 'matmul' if name in MATMUL_OPS else 'attention' if name.startswith(ATTENTION_OPS) else 'other'
+
+KINETO_CHATTER = re.compile(r'^(USDT|STAGE):\S+ \S+ \d+:\d+ \w+\.cpp:\d+\] ')   # the profiler's own start/stop lines
+
+@contextlib.contextmanager
+def quiet_profiler():
+    "Drop the lines torch.profiler's C++ side writes to file descriptor 2 at every start and stop; pass any other stderr through."
+    sys.stderr.flush(); saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try: yield
+        finally:
+            os.dup2(saved, 2); os.close(saved); tmp.seek(0)
+            for line in tmp.read().decode(errors='replace').splitlines(keepends=True):
+                if not KINETO_CHATTER.match(line): sys.stderr.write(line)
+
+def op_shares(trainer, steps: int = 3) -> dict:
+    "Where a CPU training step's wall time goes (torch.profiler, `steps` steps one at a time): the matmuls', fused attention's and everything else's share, median and range."
+    if trainer.device.type != 'cpu': raise ValueError(f'op_shares profiles a CPU step (self CPU time is not device time); this trainer is on {trainer.device}')
+    if not isinstance(steps, int) or steps < 1: raise ValueError(f'steps={steps!r} must be a positive integer')
+    from torch.profiler import ProfilerActivity, profile   # only when profiling
+    shares, ms = {k: [] for k in ('matmul', 'attention', 'other')}, []
+    for _ in range(steps):
+        with quiet_profiler(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter(); trainer.train_step()[0].item(); wall = time.perf_counter() - t0
+        spent = dict.fromkeys(('matmul', 'attention'), 0.0)
+        for e in prof.key_averages():
+            if (k := op_kind(e.key)) != 'other': spent[k] += e.self_cpu_time_total / 1e6
+        for k, t in spent.items(): shares[k].append(t / wall)
+        shares['other'].append(1 - sum(spent.values()) / wall)   # the other ops, the Python between ops, and the profiler's own cost
+        ms.append(1e3 * wall)
+    out = {k: dict(median=round(statistics.median(v), 4), lo=round(min(v), 4), hi=round(max(v), 4)) for k, v in shares.items()}
+    return dict(steps=steps, ms_per_step=round(statistics.median(ms), 1), shares=out)
+
+def step_ceiling(profile: dict) -> float:
+    "The most any step can gain over a profiled one while doing the same matrix multiplies and attention: 1 / their share of its time."
+    s = profile['shares']
+    return 1 / (s['matmul']['median'] + s['attention']['median'])
 
 def gap_benchmark(shape: str = 'gpt2_124m', # a name in BENCH_SHAPES
                   rounds: int = 5, steps: int = 5, device: str | None = None,
                   compile: bool | None = None, # default: on CUDA only
+                  also_compiled: bool = False, # an eager run also times tinylm compiled: does fusing the other ops pay?
+                  profile_steps: int = 3, # on a CPU, profile this many steps of tinylm and the reference (0: none)
                  ) -> dict:
     "tinylm's step and the reference's, each also with one of their differences changed, in interleaved rounds: what each difference costs."
     dev = resolve_device(device or 'cpu'); cfg, batch = bench_config(shape)
@@ -611,14 +660,16 @@ def gap_benchmark(shape: str = 'gpt2_124m', # a name in BENCH_SHAPES
                                 torch.bfloat16 if dtype == 'bfloat16' else None, compile=compile, fused_adamw=fused_adamw)
     trainers = {'tinylm': ours, 'tinylm, full logits': logits, 'reference': ref(),
                 'reference, separate q/k/v': ref(fused_qkv=False), 'reference, fused AdamW': ref(fused_adamw=True)}
+    if also_compiled and not compile: trainers['tinylm compiled'] = Trainer(cfg, tcfg.replace(compile=True), data)
     with others_cpu() as bg:
         rates = interleaved_rates(trainers, rounds, steps, clock='wall', warmup=2)
         losses = {name: tr.train_step()[0].item() for name, tr in trainers.items()}   # one more step each: the same batch
     tokens, flops, spec = batch * cfg.block_size, ours.flops_per_token, peak_flops(dev)
     variants = {n: _variant_row(r, tokens, flops, spec, losses[n]) for n, r in rates.items()}
+    profiles = {n: op_shares(trainers[n], profile_steps) for n in ('tinylm', 'reference')} if dev.type == 'cpu' and profile_steps else None
     return dict(shape=shape, model=cfg.to_dict(), batch_size=batch, dtype=dtype, compiled=compile, rounds=rounds, steps=steps,
-                device=str(dev), others_cores=bg['others_cores'], flops_per_token=flops, commit=git_commit(),
-                variants=variants, ratios=[_ratio(rates, a, b) for a, b in GAP_PAIRS])
+                device=str(dev), others_cores=bg['others_cores'], flops_per_token=flops, commit=git_commit(), variants=variants,
+                ratios=[_ratio(rates, a, b) for a, b in GAP_PAIRS if a in rates and b in rates], profile=profiles)
 
 def print_gap(g: dict) -> None:
     "Tokens/s, MFU and loss per variant, then what each difference costs, with its 95% interval."
@@ -627,15 +678,22 @@ def print_gap(g: dict) -> None:
         print(f"  {n:<26} {v['tokens_per_s']:>10,.0f} tok/s" + ('' if v['mfu'] is None else f"  MFU {100 * v['mfu']:.1f}%")
               + f"  loss after the timed steps {v['loss']:.4f}")
     for x in g['ratios']: print(f"  {x['what']:<40} x{x['ratio']:.3f} {_interval(x)}: {x['verdict']}")
+    for n, p in (g.get('profile') or {}).items():   # results from before the profile was taken do not have it
+        sh = p['shares']
+        print(f"  {n} profiled, {p['steps']} steps of {p['ms_per_step']:,.0f} ms: " + ', '.join(f"{k} {100 * v['median']:.1f}% "
+              f"[{100 * v['lo']:.1f}, {100 * v['hi']:.1f}]" for k, v in sh.items()) + f"; ceiling at these matmuls x{step_ceiling(p):.3f}")
 
 def run_gap(scale: str, device: str | None = None) -> dict:
     "The gap benchmark at `scale` ('tiny' and 'cpu' on the CPU, 'gpu' on CUDA), with the environment."
     if scale not in GAP_SCALES: raise ValueError(f"the gap benchmark has no {scale!r} scale; allowed: {', '.join(map(repr, GAP_SCALES))}")
     s, dev = GAP_SCALES[scale], device or ('cuda' if scale == 'gpu' else 'cpu')
-    return dict(gap_benchmark(s['shape'], s['rounds'], s['steps'], dev), environment=environment_info(dev))
+    return dict(gap_benchmark(s['shape'], s['rounds'], s['steps'], dev, also_compiled=s.get('also_compiled', False)),
+                environment=environment_info(dev))
 
 GAP = register_experiment(Benchmark('14b_gap', run_gap, notebook='14b_speed', scales=tuple(GAP_SCALES),
-    description="the differences between tinylm's step and the reference's, one at a time: the loss, the q/k/v projections, the optimizer",
+    description="the differences between tinylm's step and the reference's, one at a time: the loss, the q/k/v projections, the optimizer, compiling",
     headline=lambda r: [f"{x['what']}: x{x['ratio']:.2f} {_interval(x, 2)} ({x['verdict']})" for x in r['ratios']],
-    plan=lambda scale: [f"{GAP_SCALES[scale]['shape']}: 5 variants ({', '.join(f'{a} vs {b}' for a, b in GAP_PAIRS)}), "
-                        f"{GAP_SCALES[scale]['rounds']} rounds x {GAP_SCALES[scale]['steps']} steps each"]))
+    plan=lambda scale: [f"{GAP_SCALES[scale]['shape']}: {6 if GAP_SCALES[scale].get('also_compiled') else 5} variants "
+                        f"({', '.join(f'{a} vs {b}' for a, b in GAP_PAIRS if 'compiled' not in a or GAP_SCALES[scale].get('also_compiled'))}), "
+                        f"{GAP_SCALES[scale]['rounds']} rounds x {GAP_SCALES[scale]['steps']} steps each"
+                        + (', then 3 steps each of tinylm and the reference profiled' if scale != 'gpu' else '')]))
