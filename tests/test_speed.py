@@ -12,7 +12,7 @@ from tinylm.generation import generate
 from tinylm.model import MODEL_PRESETS, Transformer
 from tinylm.modern import gpt2
 from tinylm.speed import (MAIN_JOB, DecodeStep, step_decode, MarkovTokens, ReferenceTrainer, bench_config, cell_key, competing_load, reference_from,
-                          run_speed, run_threads, speed_headline, step_benchmark, thread_benchmark)
+                          op_shares, quiet_profiler, step_ceiling, run_speed, run_threads, speed_headline, step_benchmark, thread_benchmark)
 from tinylm.training import TrainConfig, Trainer
 
 
@@ -139,3 +139,18 @@ def test_decode_step_has_one_shape_and_the_tokens_of_generate():
         step_decode(step, prompt, 31)   # past the cache: refused, never written into its last slot
     with pytest.raises(ValueError, match='greedy=False'):
         step_decode(step, prompt, 3, temperature=0.7)   # a greedy step cannot sample: said, not ignored
+
+
+def test_op_shares_split_a_step_and_bound_what_any_change_can_win(capfd):
+    "The profile's three shares sum to one per step, the ceiling is Amdahl's bound, and the profiler's own stderr lines are dropped."
+    cfg, _ = bench_config('tiny')
+    tr = Trainer(cfg, TrainConfig(max_steps=10, batch_size=2, progress=False), MarkovTokens(cfg.vocab_size))
+    p = op_shares(tr, 2)
+    sh = {k: v['median'] for k, v in p['shares'].items()}
+    assert set(sh) == {'matmul', 'attention', 'other'} and sh['matmul'] > 0.05 and sh['attention'] > 0 and sh['other'] > 0
+    assert abs(sum(sh.values()) - 1) < 0.02 and p['steps'] == 2 and p['ms_per_step'] > 0
+    assert step_ceiling(p) == pytest.approx(1 / (sh['matmul'] + sh['attention']))
+    assert 'USDT:' not in capfd.readouterr().err and tr.step == 2
+    with pytest.raises(ValueError, match='steps=0 must be a positive integer'): op_shares(tr, 0)
+    with quiet_profiler(): print('kept', file=sys.stderr)
+    assert capfd.readouterr().err == 'kept\n'
