@@ -96,6 +96,10 @@ def test_tinylm_bench_prints_the_comparison_and_refuses_bad_arguments(capsys):
     assert 'tiny (cpu, threads=1, competing processes=0' in r.stdout and 'tinylm / reference' in r.stdout
     assert main(['bench', '--shape', 'tiny', '--rounds', '0']) == 2   # the bad arguments in this process: the same code, no start-up
     assert '--rounds must be a positive integer, got 0' in capsys.readouterr().err
+    assert main(['bench', '--shape', 'tiny', '--decode-batch', '4']) == 2
+    assert '--decode-batch needs --decode' in capsys.readouterr().err
+    assert main(['bench', '--shape', 'tiny', '--decode', '--decode-batch', '0']) == 2
+    assert '--decode-batch must be a positive integer, got 0' in capsys.readouterr().err
     with pytest.raises(SystemExit) as e: main(['bench', '--shape', 'medium'])
     assert e.value.code == 2 and "invalid choice: 'medium'" in capsys.readouterr().err
 
@@ -139,6 +143,23 @@ def test_decode_step_has_one_shape_and_the_tokens_of_generate():
         step_decode(step, prompt, 31)   # past the cache: refused, never written into its last slot
     with pytest.raises(ValueError, match='greedy=False'):
         step_decode(step, prompt, 3, temperature=0.7)   # a greedy step cannot sample: said, not ignored
+
+
+def test_a_batched_decode_step_gives_each_row_the_tokens_it_gets_alone():
+    "Ragged prompts, left-padded: each row's padding is hidden and its positions start at its first real token, as in `generate`."
+    prompts = [[5, 17, 42, 96, 3], [90], [1, 2, 3]]
+    for name in ('gpt2', 'modern'):
+        cfg = MODEL_PRESETS[name](vocab_size=97, block_size=48, n_layer=2, d_model=32, n_head=4, dropout=0.0)
+        torch.manual_seed(2); m = Transformer(cfg).eval()
+        ours = step_decode(DecodeStep(m, 20, batch=3), prompts, 10)
+        assert ours == generate(m, prompts, 10, temperature=0), name
+        assert ours == [step_decode(DecodeStep(m, 20), torch.tensor([p]), 10)[0].tolist() for p in prompts], name
+        equal = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(0))   # a (B, T) tensor gives a tensor back
+        assert torch.equal(step_decode(DecodeStep(m, 20, batch=2), equal, 6), generate(m, equal, 6, temperature=0)), name
+    with pytest.raises(ValueError, match=r'3 prompts, but this step decodes batch=2 rows; make it with DecodeStep\(model, max_len, batch=3\)'):
+        step_decode(DecodeStep(m, 20, batch=2), prompts, 2)
+    with pytest.raises(ValueError, match='batch=0 must be a positive integer'):
+        DecodeStep(m, 20, batch=0)
 
 
 def test_op_shares_split_a_step_and_bound_what_any_change_can_win(capfd):

@@ -14,7 +14,8 @@ from .model import ModelConfig, Transformer
 
 # %% auto #0
 __all__ = ['CLOCKS', 'kv_cache_bytes', 'LayerKVCache', 'KVCache', 'top_k_filter', 'top_p_filter', 'sample_next', 'left_pad',
-           'prompt_positions', 'relative_positions', 'can_cache', 'check_sampling', 'generate', 'decode_speed']
+           'prompt_positions', 'relative_positions', 'can_cache', 'check_sampling', 'check_prompts', 'generate',
+           'decode_speed']
 
 # %% ../nbs/04a_generation.ipynb #0b4c70fb
 def kv_cache_bytes(cfg: ModelConfig, # the model's config
@@ -166,7 +167,7 @@ def _check_generate_args(model: Transformer, max_new_tokens, temperature, top_k,
         raise ValueError(f'stop={stop!r} must be a token id or a non-empty list of token ids in [0, {V})')
     return torch.tensor(sorted(set(ids)))
 
-def _prompt_rows(idx, vocab_size: int) -> list[Tensor]:
+def check_prompts(idx, vocab_size: int) -> list[Tensor]:
     "The prompts as 1-D id tensors, checked: a (B, T) tensor, or a list of id lists / 1-D tensors."
     if isinstance(idx, Tensor):
         if idx.ndim != 2 or idx.size(1) == 0:
@@ -225,7 +226,7 @@ def generate(model: Transformer,
             ) -> Tensor | list[list[int]]:
     "Continue each prompt; a (B, T) tensor gives (B, T + n) ids, a list of prompts a list of id lists (cut after a stop token)."
     stop_ids = _check_generate_args(model, max_new_tokens, temperature, top_k, top_p, stop, pad_id)
-    rows = _prompt_rows(idx, model.cfg.vocab_size)
+    rows = check_prompts(idx, model.cfg.vocab_size)
     dev, bs = next(model.parameters()).device, model.cfg.block_size
     seq, real = left_pad(rows, device=dev)                                    # (B, L)
     B, L = seq.shape

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, contextlib, math, os, re, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from torch import nn, Tensor
 
 from .core import COMMANDS, Command, autocast, environment_info, git_commit, others_cpu, peak_flops, resolve_device, usable_cores
 from .model import MODEL_PRESETS, ModelConfig, Transformer
-from .generation import check_sampling, generate, sample_next
+from .generation import check_prompts, check_sampling, generate, left_pad, sample_next
 from .training import TrainConfig, Trainer, lr_at
 from .modern import gpt2
 from .hf import require_transformers, to_hf_gpt2
@@ -275,69 +276,79 @@ class _StaticLayer:
         return self.k, self.v
 
 class DecodeStep(nn.Module):
-    "One batch-1 step of `model` at any position below `max_len`: (token (1, 1), position (1,)) -> the next token (1,), or with `greedy=False` its logits (1, V) to sample from."
-    def __init__(self, model: Transformer, max_len: int, greedy: bool = True):
+    "One step of `model` for `batch` rows at any position below `max_len`: (tokens (B, 1), slot (1,), first real slot per row (B,)) -> the next tokens (B,), or with `greedy=False` their logits (B, V) to sample from."
+    def __init__(self, model: Transformer, max_len: int, greedy: bool = True, batch: int = 1):
         super().__init__()
         c, p = model.cfg, next(model.parameters())
         if not isinstance(max_len, int) or not 1 <= max_len <= c.block_size:
             raise ValueError(f'max_len={max_len!r} must be an integer in [1, block_size={c.block_size}]')
-        self.model, self.max_len, self.vocab_size, self.greedy = model, max_len, c.vocab_size, bool(greedy)
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1: raise ValueError(f'batch={batch!r} must be a positive integer')
+        self.model, self.max_len, self.vocab_size, self.greedy, self.batch = model, max_len, c.vocab_size, bool(greedy), batch
         for i in range(c.n_layer):   # one extra slot at the end: the newest key's copy
-            self.register_buffer(f'k{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
-            self.register_buffer(f'v{i}', torch.zeros(1, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
+            self.register_buffer(f'k{i}', torch.zeros(batch, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
+            self.register_buffer(f'v{i}', torch.zeros(batch, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
         self.register_buffer('slots', torch.arange(max_len + 1, device=p.device))
-    def forward(self, tok: Tensor, pos: Tensor) -> Tensor:
+    def forward(self, tok: Tensor, # (B, 1) the token at slot `pos` of every row
+                pos: Tensor, # (1,) the slot all rows write: rows are left-padded to one length
+                first: Tensor | None = None, # (B,) each row's first real slot (its left padding); None = 0 for every row
+               ) -> Tensor:
         n = self.model.cfg.n_layer
         cache = StaticKVCache([getattr(self, f'k{i}') for i in range(n)], [getattr(self, f'v{i}') for i in range(n)], pos)
         before = (self.slots < pos)[None]   # (1, max_len + 1): the keys of earlier positions; a slot past them is never read
-        logits = self.model(tok, key_padding=before, pos=pos[None], cache=cache)[:, -1]   # (1, V)
+        if first is None: at = pos[None]    # (1, 1) the model position of every row
+        else: before, at = before & (self.slots >= first[:, None]), (pos - first).clamp(min=0)[:, None]   # no row sees its padding
+        logits = self.model(tok, key_padding=before, pos=at, cache=cache)[:, -1]   # (B, V)
         return logits.argmax(-1) if self.greedy else logits.float()
 
 class CompiledDecodeStep:
-    "A `DecodeStep` compiled ahead of time: called as it is, with the same `max_len`, `vocab_size` and `greedy`."
-    def __init__(self, run, max_len: int, vocab_size: int, greedy: bool = True):
-        self.run, self.max_len, self.vocab_size, self.greedy = run, max_len, vocab_size, greedy
-    def __call__(self, tok: Tensor, pos: Tensor) -> Tensor: return self.run(tok, pos)
+    "A `DecodeStep` compiled ahead of time: called as it is (always with `first`), with the same `max_len`, `vocab_size`, `greedy` and `batch`."
+    def __init__(self, run, max_len: int, vocab_size: int, greedy: bool = True, batch: int = 1):
+        self.run, self.max_len, self.vocab_size, self.greedy, self.batch = run, max_len, vocab_size, greedy, batch
+    def __call__(self, tok: Tensor, pos: Tensor, first: Tensor) -> Tensor: return self.run(tok, pos, first)
 
 def compile_decode_step(step: DecodeStep, folder: str | Path | None = None) -> CompiledDecodeStep:
     "`step` exported and compiled ahead of time (AOTInductor) into `folder` (default: a new temporary one): no Dynamo guards per call."
     if not isinstance(step, DecodeStep): raise ValueError(f'compile_decode_step needs a DecodeStep, got {type(step).__name__}')
     import torch.export, torch._inductor   # heavy (seconds): only when a step is compiled
-    dev = step.slots.device
-    with torch.no_grad():
-        ep = torch.export.export(step.eval(), (torch.zeros(1, 1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev)))
+    dev, B = step.slots.device, step.batch
+    example = (torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev))
+    with torch.no_grad(): ep = torch.export.export(step.eval(), example)
     folder = Path(folder or tempfile.mkdtemp(prefix='tinylm-decode-'))
     try: path = torch._inductor.aoti_compile_and_package(ep, package_path=str(folder / 'decode_step.pt2'))
     except Exception as e:   # most often: no working C++ (or CUDA) toolchain on this machine
         raise RuntimeError(f'compiling the decode step failed: {e} (AOTInductor needs a working C++ compiler)') from e
-    return CompiledDecodeStep(torch._inductor.aoti_load_package(path), step.max_len, step.vocab_size, step.greedy)
+    return CompiledDecodeStep(torch._inductor.aoti_load_package(path), step.max_len, step.vocab_size, step.greedy, B)
 
 @torch.inference_mode()
-def step_decode(step, prompt: Tensor, # (1, T) ids, T + new_tokens <= the step's max_len
-                new_tokens: int,
+def step_decode(step, prompt: Tensor | Sequence[Sequence[int]], # (B, T) ids, or B prompts of any lengths (left-padded); B = the step's batch
+                new_tokens: int, # T (the longest prompt) + new_tokens <= the step's max_len
                 temperature: float = 0.0, # 0 = greedy; above 0 needs a step made with greedy=False
                 top_k: int | None = None, top_p: float | None = None, # as in `generate`
                 generator: torch.Generator | None = None, # for reproducible sampling: the draws `generate` makes with it
-               ) -> Tensor:
-    "Decoding with a `DecodeStep` (eager or compiled): the prompt one token a step, then `new_tokens` more, greedy or sampled as `generate` samples; (1, T + new_tokens) ids."
-    if not isinstance(prompt, Tensor) or prompt.ndim != 2 or prompt.size(0) != 1 or prompt.size(1) == 0 or prompt.is_floating_point():
-        raise ValueError(f'prompt must be a (1, T) tensor of token ids with T >= 1 (the step decodes batch 1), got {getattr(prompt, "shape", prompt)!r}')
-    if int(prompt.min()) < 0 or int(prompt.max()) >= step.vocab_size:
-        raise ValueError(f'prompt has token ids outside [0, {step.vocab_size}): min {int(prompt.min())}, max {int(prompt.max())}')
-    T = prompt.size(1)
+               ) -> Tensor | list[list[int]]:
+    "Decoding with a `DecodeStep` (eager or compiled): the prompts one token a step, then `new_tokens` more, greedy or sampled as `generate` samples; a (B, T) tensor gives (B, T + new_tokens) ids, a list of prompts a list of id lists."
+    if isinstance(prompt, Tensor) and (prompt.ndim != 2 or prompt.size(1) == 0 or prompt.is_floating_point()):
+        raise ValueError(f'prompt must be a (B, T) tensor of token ids with T >= 1, or a list of prompts, got shape {tuple(prompt.shape)}')
+    rows = check_prompts(prompt, step.vocab_size)   # generate's checks: non-empty rows of ids inside the vocabulary
+    if len(rows) != step.batch:
+        raise ValueError(f'{len(rows)} prompts, but this step decodes batch={step.batch} rows; make it with DecodeStep(model, max_len, batch={len(rows)})')
+    dev = step.slots.device if isinstance(step, DecodeStep) else (prompt.device if isinstance(prompt, Tensor) else torch.device('cpu'))
+    seq, real = left_pad(rows, device=dev)   # (B, L)
+    B, T = seq.shape
     if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 0 or T + new_tokens > step.max_len:
         raise ValueError(f'new_tokens={new_tokens!r} must be an integer >= 0 with prompt ({T} tokens) + new_tokens <= the step\'s max_len={step.max_len}')
     check_sampling(temperature, top_k, top_p)   # generate's rules
     if step.greedy and (temperature > 0 or top_k is not None or top_p is not None):
         raise ValueError('this step is greedy (the argmax is inside it); to sample, make it with DecodeStep(model, max_len, greedy=False)')
-    ids = torch.empty(1, T + new_tokens, dtype=torch.long, device=prompt.device); ids[:, :T] = prompt
-    pos = torch.zeros(1, dtype=torch.long, device=prompt.device)
+    ids = torch.empty(B, T + new_tokens, dtype=torch.long, device=dev); ids[:, :T] = seq
+    pos, first = torch.zeros(1, dtype=torch.long, device=dev), (~real).sum(1)   # (B,) each row's left padding
     for t in range(T + new_tokens - 1):
-        out = step(ids[:, t:t + 1], pos)
+        out = step(ids[:, t:t + 1].contiguous(), pos, first)   # a compiled step assumes its example's strides: (B, 1) contiguous
         if t + 1 >= T:   # past the prompt: the next token (no draw is made for prompt positions, so the generator matches generate's)
             ids[:, t + 1] = out if step.greedy else sample_next(out, temperature, top_k, top_p, generator)
         pos += 1
-    return ids
+    if isinstance(prompt, Tensor): return ids
+    return [ids[b, T - len(r):].tolist() for b, r in enumerate(rows)]
 
 
 # %% ../nbs/14b_speed.ipynb #6a2e3cc9
@@ -349,8 +360,9 @@ DECODE_SHAPES = {   # gpt2-preset fields of the decode comparison: the default, 
 def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64, prompt_len: int = 16,
                  shape: dict | None = None, # gpt2 preset fields; default 4 layers, width 256, vocab 256
                  compiled: bool = False, # also time the AOT-compiled `DecodeStep` (seconds of compiling first, recorded as compile_s)
+                 batch: int = 1, # prompts decoded together (all prompt_len tokens long)
                 ) -> dict:
-    "Greedy batch-1 decode tokens/s of tinylm `generate` and HF `generate` on the same weights, interleaved, tokens compared."
+    "Greedy decode tokens/s (all rows) of tinylm `generate` and HF `generate` on the same weights, interleaved, tokens compared."
     try: require_transformers()
     except ImportError as e: return dict(skipped=f'needs transformers (pip install "tinylm[hf]"): {e}')
     cfg = gpt2(**{**DECODE_SHAPES['small'], **(shape or {}), 'dropout': 0.0})
@@ -358,7 +370,7 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
     if threads is not None: torch.set_num_threads(threads)
     try:
         torch.manual_seed(0); model = Transformer(cfg).eval(); hf = to_hf_gpt2(model).eval()
-        idx = torch.randint(0, cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+        idx = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
         def ours(): return generate(model, idx, new_tokens, temperature=0)
         def theirs():
             with torch.no_grad():
@@ -367,15 +379,15 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
         same = torch.equal(ours(), theirs())
         contenders, extra = [('tinylm', ours), ('hf', theirs)], {}
         if compiled:
-            t0 = time.perf_counter(); step = compile_decode_step(DecodeStep(model, prompt_len + new_tokens))
+            t0 = time.perf_counter(); step = compile_decode_step(DecodeStep(model, prompt_len + new_tokens, batch=batch))
             extra['compile_s'] = round(time.perf_counter() - t0, 1)
             def aot(): return step_decode(step, idx, new_tokens)
             extra['compiled_identical_tokens'] = torch.equal(aot(), ours())
             contenders.append(('tinylm compiled', aot))
         mats = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]   # every matrix a token's forward multiplies by
-        rows = {n: torch.randn(1, 1, n) for n in {w.shape[1] for w in mats}}
+        rows = {n: torch.randn(batch, 1, n) for n in {w.shape[1] for w in mats}}
         @torch.inference_mode()
-        def weights():   # the least any float32 decoder does per token: each weight read once, by a batch-1 matmul, nothing else
+        def weights():   # the least any float32 decoder does per token: each weight read once, by one (batch x width) matmul, nothing else
             for _ in range(new_tokens):
                 for w in mats: F.linear(rows[w.shape[1]], w)
         contenders.append(('weights only', weights))
@@ -383,10 +395,10 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
         with others_cpu() as bg:
             for _ in range(rounds):
                 for name, f in contenders:
-                    t0 = time.perf_counter(); f(); rates[name].append(new_tokens / (time.perf_counter() - t0))
+                    t0 = time.perf_counter(); f(); rates[name].append(batch * new_tokens / (time.perf_counter() - t0))
     finally:
         torch.set_num_threads(old)
-    return dict(model=cfg.to_dict(), params=sum(p.numel() for p in model.parameters()), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, identical_tokens=same,
+    return dict(model=cfg.to_dict(), params=sum(p.numel() for p in model.parameters()), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, batch=batch, identical_tokens=same,
                 others_cores=bg['others_cores'], commit=git_commit(), **extra,
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
                 weight_bytes=sum(w.numel() * w.element_size() for w in mats),
@@ -480,7 +492,8 @@ THREADS = register_experiment(Benchmark('14b_threads', run_threads, notebook='14
 # %% ../nbs/14b_speed.ipynb #0d068845
 SPEED_SCALES = {   # scale -> shapes, thread counts, loads ('cores' = one busy process per core), rounds x steps, decode rounds
     'tiny': dict(shapes=('tiny',), threads=(1,), loads=(0,), rounds=2, steps=1, decode_rounds=2, decode_tokens=8, decode_compiled=False),
-    'cpu': dict(shapes=('small', 'large_vocab'), threads=(1, 2), loads=(0, 'cores'), rounds=5, steps=2, decode_rounds=7, decode_tokens=64, decode_compiled=True),
+    'cpu': dict(shapes=('small', 'large_vocab'), threads=(1, 2), loads=(0, 'cores'), rounds=5, steps=2, decode_rounds=7, decode_tokens=64, decode_compiled=True,
+                decode_batches=(8,)),   # and the small decode shape at batch 8
     'gpu': dict(shapes=('gpt2_124m',), threads=(None,), loads=(0,), rounds=5, steps=5, decode_rounds=7, decode_tokens=64, decode_compiled=False),
 }
 
@@ -502,10 +515,11 @@ def run_speed(scale: str, device: str | None = None, previous: dict | None = Non
                 if verbose: print_cell(res['cells'][key])
                 if save is not None: save(res)
     if torch.device(dev).type == 'cpu':
-        for name, shape in DECODE_SHAPES.items():
-            key = 'decode' if name == 'small' else f'decode {name}'
+        cells = [(name, 1) for name in DECODE_SHAPES] + [('small', b) for b in s.get('decode_batches', ())]
+        for name, batch in cells:
+            key = 'decode' + ('' if name == 'small' else f' {name}') + ('' if batch == 1 else f' batch {batch}')
             if key in res: continue
-            res[key] = decode_vs_hf(1, s['decode_rounds'], s['decode_tokens'], shape=shape, compiled=s['decode_compiled'])
+            res[key] = decode_vs_hf(1, s['decode_rounds'], s['decode_tokens'], shape=DECODE_SHAPES[name], compiled=s['decode_compiled'], batch=batch)
             if verbose: print_decode(res[key])
             if save is not None: save(res)
     return res
@@ -525,13 +539,14 @@ def print_decode(d: dict) -> None:
     if 'skipped' in d: print('decode vs HF: skipped,', d['skipped']); return
     x = d['ratios'][0]
     m = d['model']
-    print(f"decode, {m['n_layer']} layers x {m['d_model']} ({d['params'] / 1e6:.2f}M parameters), batch 1, {d['new_tokens']} tokens, threads={d['threads']}: tinylm {d['tokens_per_s']['tinylm']:,.0f} tok/s, "
+    print(f"decode, {m['n_layer']} layers x {m['d_model']} ({d['params'] / 1e6:.2f}M parameters), batch {d.get('batch', 1)}, {d['new_tokens']} tokens, threads={d['threads']}: tinylm {d['tokens_per_s']['tinylm']:,.0f} tok/s, "
           f"HF {d['tokens_per_s']['hf']:,.0f} tok/s; x{x['ratio']:.2f} {_interval(x, 2)}, identical tokens: {d['identical_tokens']}"
           + ('' if d.get('others_cores') is None else f"; other processes meanwhile {d['others_cores']:.2f} cores"))
     if 'weights only' in d['tokens_per_s']:   # the ceiling (results from before it was timed do not have it)
         r = {x['what']: x for x in d['ratios']}
         w, f = r['weights only / hf'], r['tinylm / weights only']
-        print(f"  weights only ({d['weight_bytes'] / 1e6:.1f} MB of matrices read once per token, nothing else): "
+        per = 'token' if d.get('batch', 1) == 1 else f"step of {d['batch']} tokens"
+        print(f"  weights only ({d['weight_bytes'] / 1e6:.1f} MB of matrices read once per {per}, nothing else): "
               f"{d['tokens_per_s']['weights only']:,.0f} tok/s, x{w['ratio']:.2f} {_interval(w, 2)} of HF; tinylm runs at x{f['ratio']:.2f} {_interval(f, 2)} of it")
     if 'tinylm compiled' in d['tokens_per_s']:   # the AOT-compiled DecodeStep (the prompt fed one token a step)
         r = {x['what']: x for x in d['ratios']}
@@ -553,7 +568,8 @@ def speed_headline(r: dict) -> list[str]:
     for key, d in r.items():
         if key.startswith('decode') and 'ratios' in d:
             c = next((x for x in d['ratios'] if x['what'] == 'tinylm compiled / hf'), None)
-            out.append(f"decode ({d['params'] / 1e6:.1f}M parameters) vs HF generate: x{d['ratios'][0]['ratio']:.2f} {_interval(d['ratios'][0], 2)}"
+            tag = '' if d.get('batch', 1) == 1 else f", batch {d['batch']}"
+            out.append(f"decode ({d['params'] / 1e6:.1f}M parameters{tag}) vs HF generate: x{d['ratios'][0]['ratio']:.2f} {_interval(d['ratios'][0], 2)}"
                        + ('' if c is None else f", the compiled DecodeStep x{c['ratio']:.2f} {_interval(c, 2)}"))
     return out
 
@@ -565,11 +581,13 @@ SPEED = register_experiment(Benchmark('14b_speed', run_speed, notebook='14b_spee
 # %% ../nbs/14b_speed.ipynb #b1d5073e
 def cmd_bench(args) -> int:
     "Time tinylm's training step against the reference on one shape and print it (and, with --decode, decoding against HF)."
-    for name in ('threads', 'rounds', 'steps', 'load'):
+    for name in ('threads', 'rounds', 'steps', 'load', 'decode_batch'):
         v = getattr(args, name)
-        if v is not None and v < (0 if name == 'load' else 1): raise ValueError(f'--{name} must be a {"non-negative" if name == "load" else "positive"} integer, got {v}')
+        if v is not None and v < (0 if name == 'load' else 1):
+            raise ValueError(f'--{name.replace("_", "-")} must be a {"non-negative" if name == "load" else "positive"} integer, got {v}')
+    if args.decode_batch != 1 and not args.decode: raise ValueError('--decode-batch needs --decode (it sets the rows decoded together)')
     print_cell(step_benchmark(args.shape, args.threads, args.load, args.rounds, args.steps, args.device, args.compile))
-    if args.decode: print_decode(decode_vs_hf(args.threads or 1, args.rounds, compiled=bool(args.compile)))
+    if args.decode: print_decode(decode_vs_hf(args.threads or 1, args.rounds, compiled=bool(args.compile), batch=args.decode_batch))
     return 0
 
 def _bench_args(p) -> None:
@@ -581,6 +599,7 @@ def _bench_args(p) -> None:
     p.add_argument('--device', help="'cpu', 'cuda', 'cuda:1', 'mps' (default: cpu)")
     p.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='also time tinylm under torch.compile (default: on CUDA); with --decode, the AOT-compiled decode step too')
     p.add_argument('--decode', action='store_true', help='also time greedy decoding against HF generate (needs transformers)')
+    p.add_argument('--decode-batch', type=int, default=1, help='with --decode: prompts decoded together (default: %(default)s)')
 
 COMMANDS['bench'] = Command(cmd_bench, _bench_args, "time tinylm's training step against a plain reference GPT-2")
 
