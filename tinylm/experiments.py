@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_experiments.ipynb #e427e333
 from __future__ import annotations
-import dataclasses, hashlib, itertools, json, math, os, shutil, statistics, time
+import copy, dataclasses, hashlib, itertools, json, math, os, shutil, statistics, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -898,23 +898,29 @@ def register_experiment(exp: Experiment | Benchmark) -> Experiment | Benchmark:
 
 def run_benchmark(bench: Benchmark, scale: str = 'tiny', *, results: str | Path | None = None, force: bool = False,
                   device: str | None = None, verbose: bool = True) -> dict:
-    "Run `bench` at `scale` unless its result file exists (or `force`), and write the result file at persisting scales; a resumable benchmark's partial file is finished, not redone."
+    "Run `bench` at `scale` unless its result file exists (or `force`), and write the result file at persisting scales; a resumable benchmark's file is finished or extended with the pieces it lacks, never redone."
     SCALES.check(scale)
     if why := no_scale(bench, scale): raise ValueError(why)
     path, persist = result_path(bench.name, scale, results), SCALES[scale].persist
     previous = read_result(path) if persist and path.exists() and not force else None
-    if previous is not None and not previous.get('partial'):
+    complete = previous is not None and not previous.get('partial')
+    if complete and not bench.resumable:
         if verbose: print(f'{bench.name} at {scale} scale: already measured ({path}); --force measures again')
         return previous
     stamp = dict(experiment=bench.name, notebook=bench.notebook, description=bench.description, scale=scale)
-    kw = {}
+    kw, saved = {}, []
     if bench.resumable:
         def save(partial: dict):   # each finished piece lands on disk at once: an interrupted run loses only the piece in progress
-            if persist: save_result(dict(partial, **stamp, partial=True), path)
-        kw = dict(previous=previous, save=save)
-        if previous is not None and verbose: print(f'{bench.name} at {scale} scale: finishing the partial result in {path}')
+            if persist: save_result(dict(partial, **stamp, partial=True), path); saved.append(True)
+        kw = dict(previous=copy.deepcopy(previous), save=save)   # a copy: what the run adds is told apart from what was there
+        if previous is not None and verbose:
+            print(f"{bench.name} at {scale} scale: {'measuring only what' if complete else 'finishing the partial result in'} {path}"
+                  + (' lacks (pieces its plan has gained since)' if complete else ''))
     result = dict(bench.run(scale, device, **kw), **stamp)
     result.pop('partial', None)
+    if complete and result == previous and not saved:
+        if verbose: print(f'{bench.name} at {scale} scale: nothing new to measure; --force measures again')
+        return previous
     if persist: save_result(result, path)
     return result
 
