@@ -921,7 +921,9 @@ def run_benchmark(bench: Benchmark, scale: str = 'tiny', *, results: str | Path 
     if complete and result == previous and not saved:
         if verbose: print(f'{bench.name} at {scale} scale: nothing new to measure; --force measures again')
         return previous
-    if persist: save_result(result, path)
+    if persist:
+        save_result(result, path)
+        if verbose: print(f'wrote {path}')
     return result
 
 def find_experiments(query: str) -> list[Experiment | Benchmark]:
@@ -978,8 +980,7 @@ def cmd_experiment(args) -> int:
                 print(f'{exp.name} at {args.scale} scale: ' + ('a benchmark (timed when it runs)' if exp.plan is None else 'a study of its own:'))
                 for line in (exp.plan(args.scale) if exp.plan is not None else []): print('  ' + line)
                 continue
-            run_benchmark(exp, args.scale, results=args.results, force=args.force, device=args.device)
-            if SCALES[args.scale].persist: print(f'wrote {result_path(exp.name, args.scale, args.results)}')
+            run_benchmark(exp, args.scale, results=args.results, force=args.force, device=args.device)   # says whether it wrote the file
             continue
         if args.dry_run:
             tok, _ = load_data(args.scale)
