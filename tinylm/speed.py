@@ -711,7 +711,9 @@ def run_gap(scale: str, device: str | None = None) -> dict:
 
 GAP = register_experiment(Benchmark('14b_gap', run_gap, notebook='14b_speed', scales=tuple(GAP_SCALES),
     description="the differences between tinylm's step and the reference's, one at a time: the loss, the q/k/v projections, the optimizer, compiling",
-    headline=lambda r: [f"{x['what']}: x{x['ratio']:.2f} {_interval(x, 2)} ({x['verdict']})" for x in r['ratios']],
+    headline=lambda r: [f"{x['what']}: x{x['ratio']:.2f} {_interval(x, 2)} ({x['verdict']})" for x in r['ratios']]
+                       + ([f"matmuls + attention {100 / step_ceiling(r['profile']['reference']):.1f}% of the reference's step: "
+                           f"no step with the same ones beats it by more than x{step_ceiling(r['profile']['reference']):.2f}"] if r.get('profile') else []),
     plan=lambda scale: [f"{GAP_SCALES[scale]['shape']}: {6 if GAP_SCALES[scale].get('also_compiled') else 5} variants "
                         f"({', '.join(f'{a} vs {b}' for a, b in GAP_PAIRS if 'compiled' not in a or GAP_SCALES[scale].get('also_compiled'))}), "
                         f"{GAP_SCALES[scale]['rounds']} rounds x {GAP_SCALES[scale]['steps']} steps each"
