@@ -186,3 +186,16 @@ def test_train_takes_the_cores_other_processes_leave(capsys, tmp_path, monkeypat
     assert rc == 0 and 'threads:' not in out
     assert torch.get_num_threads() == before
     assert [threads_for(4, x) for x in (None, 0.0, 1.4, 2.6, 9.0)] == [4, 4, 3, 1, 1]
+
+
+def test_a_presets_prompt_stays_with_its_corpus(tmp_path, capsys):
+    "On another corpus the preset's prompt (written for its own) is not used: the sample starts from nothing, and the log says so."
+    text = tmp_path / 'notes.txt'
+    text.write_text(''.join(f'And so note {i} of the list goes on, line after line.\n' for i in range(600)))   # it can spell 'And '
+    rc, out, _ = run(capsys, 'train', '--preset', 'tiny', '--corpus', str(text), '--max-steps', '2', '--device', 'cpu', '--no-progress',
+                     '--out', str(tmp_path / 'run'))
+    assert rc == 0 and "the preset's sample prompt 'And ' is for its corpus 'kjv'" in out
+    assert not (tmp_path / 'run' / 'sample.txt').read_text().startswith('And ')
+    rc, out, _ = run(capsys, 'train', '--preset', 'tiny', '--corpus', str(text), '--max-steps', '2', '--device', 'cpu', '--no-progress',
+                     '--out', str(tmp_path / 'run2'), '--prompt', 'And so')   # asked for: used
+    assert rc == 0 and 'is for its corpus' not in out and (tmp_path / 'run2' / 'sample.txt').read_text().startswith('And so')

@@ -140,6 +140,10 @@ def _train(args) -> int:
                          'it may only be larger (padding), or choose another --tokenizer')
     mcfg = MODEL_PRESETS[model_name](**{**overrides, 'vocab_size': vocab})
     prompt = preset.prompt if args.prompt is None else args.prompt
+    if args.prompt is None and corpus != preset.corpus and prompt:   # the preset's prompt was written for its own corpus
+        say(f"note: the preset's sample prompt {prompt!r} is for its corpus {preset.corpus!r}; on {str(corpus)!r} the sample "
+            'starts from nothing (--prompt TEXT to choose one)')
+        prompt = ''
     try: tok.encode(prompt)
     except (ValueError, KeyError):
         if args.prompt is not None:   # asked for: refused, not dropped
