@@ -43,3 +43,14 @@ def test_good_arguments_at_the_edges(m):
     assert generate(m, PROMPT, 0).shape == (3, 5)
     assert generate(m, PROMPT, 3, top_p=1.0, top_k=66, stop=[1, 2]).shape[0] == 3
     assert generate(m, [list(range(32))], 0)[0] == list(range(32))   # a full context and nothing new is fine
+
+
+def test_a_kv_cache_over_given_tensors_fills_them():
+    "KVCache.over writes into tensors someone else holds (notebook 14b's decode step prefills its own cache this way)."
+    from tinylm.generation import KVCache
+    ks, vs = [torch.zeros(2, 1, 5, 4) for _ in range(2)], [torch.zeros(2, 1, 5, 4) for _ in range(2)]
+    cache = KVCache.over(ks, vs)
+    k_all, _ = cache.update(1, torch.ones(2, 1, 3, 4), torch.ones(2, 1, 3, 4))
+    assert k_all.shape == (2, 1, 3, 4) and ks[1][:, :, :3].eq(1).all() and ks[1][:, :, 3:].eq(0).all() and cache.max_len == 5
+    with pytest.raises(ValueError, match='one key and one value tensor per layer'):
+        KVCache.over(ks, vs[:1])

@@ -154,6 +154,7 @@ def test_a_batched_decode_step_gives_each_row_the_tokens_it_gets_alone():
         ours = step_decode(DecodeStep(m, 20, batch=3), prompts, 10)
         assert ours == generate(m, prompts, 10, temperature=0), name
         assert ours == [step_decode(DecodeStep(m, 20), torch.tensor([p]), 10)[0].tolist() for p in prompts], name
+        assert step_decode(DecodeStep(m, 20, batch=3), prompts, 10, prefill=False) == ours, name   # the prompts a token a step
         equal = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(0))   # a (B, T) tensor gives a tensor back
         assert torch.equal(step_decode(DecodeStep(m, 20, batch=2), equal, 6), generate(m, equal, 6, temperature=0)), name
     with pytest.raises(ValueError, match=r'3 prompts, but this step decodes batch=2 rows; make it with DecodeStep\(model, max_len, batch=3\)'):

@@ -49,6 +49,15 @@ class KVCache:
         return cls(cfg.n_layer, batch_size, cfg.kv_heads, cfg.head_dim, max_len or cfg.block_size,
                    device or p.device, dtype or p.dtype)
 
+    @classmethod
+    def over(cls, ks: list[Tensor], vs: list[Tensor]) -> KVCache:
+        "An empty cache that fills the given tensors, (B, n_kv_head, max_len, head_dim) each, one key and one value tensor per layer."
+        if not ks or len(ks) != len(vs) or any(k.shape != ks[0].shape or v.shape != k.shape for k, v in zip(ks, vs)) or ks[0].ndim != 4:
+            raise ValueError('KVCache.over needs one key and one value tensor per layer, all of one (B, n_kv_head, max_len, head_dim) shape')
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.lengths, cache.max_len = list(ks), list(vs), [0] * len(ks), ks[0].size(2)
+        return cache
+
     @property
     def seq_len(self) -> int:
         "Positions every layer holds (a forward pass that stopped half-way counts as not done)."

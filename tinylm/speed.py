@@ -15,7 +15,7 @@ from torch import nn, Tensor
 
 from .core import COMMANDS, Command, autocast, environment_info, git_commit, others_cpu, peak_flops, resolve_device, usable_cores
 from .model import MODEL_PRESETS, ModelConfig, Transformer
-from .generation import check_prompts, check_sampling, generate, left_pad, sample_next
+from .generation import KVCache, check_prompts, check_sampling, generate, left_pad, prompt_positions, sample_next
 from .training import TrainConfig, Trainer, lr_at
 from .modern import gpt2
 from .hf import require_transformers, to_hf_gpt2
@@ -288,36 +288,59 @@ class DecodeStep(nn.Module):
             self.register_buffer(f'k{i}', torch.zeros(batch, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
             self.register_buffer(f'v{i}', torch.zeros(batch, c.kv_heads, max_len + 1, c.head_dim, device=p.device, dtype=p.dtype))
         self.register_buffer('slots', torch.arange(max_len + 1, device=p.device))
+    @property
+    def device(self) -> torch.device: return self.slots.device
+    def caches(self) -> list[Tensor]:
+        "The cache tensors k0, v0, k1, v1, ...: what `forward` reads and writes when none are passed in."
+        return [getattr(self, f'{kv}{i}') for i in range(self.model.cfg.n_layer) for kv in 'kv']
     def forward(self, tok: Tensor, # (B, 1) the token at slot `pos` of every row
                 pos: Tensor, # (1,) the slot all rows write: rows are left-padded to one length
                 first: Tensor | None = None, # (B,) each row's first real slot (its left padding); None = 0 for every row
+                *kv: Tensor, # the cache tensors to use, in `caches()` order; none = this step's own (a compiled step takes them as inputs)
                ) -> Tensor:
-        n = self.model.cfg.n_layer
-        cache = StaticKVCache([getattr(self, f'k{i}') for i in range(n)], [getattr(self, f'v{i}') for i in range(n)], pos)
+        kv = kv or self.caches()
+        cache = StaticKVCache(list(kv[0::2]), list(kv[1::2]), pos)
         before = (self.slots < pos)[None]   # (1, max_len + 1): the keys of earlier positions; a slot past them is never read
         if first is None: at = pos[None]    # (1, 1) the model position of every row
         else: before, at = before & (self.slots >= first[:, None]), (pos - first).clamp(min=0)[:, None]   # no row sees its padding
         logits = self.model(tok, key_padding=before, pos=at, cache=cache)[:, -1]   # (B, V)
-        return logits.argmax(-1) if self.greedy else logits.float()
+        return self._out(logits)
+    def _out(self, logits: Tensor) -> Tensor: return logits.argmax(-1) if self.greedy else logits.float()
+
+    @torch.inference_mode()
+    def prefill(self, seq: Tensor, # (B, L) left-padded prompts, L <= max_len
+                real: Tensor, # (B, L) True at real tokens
+               ) -> Tensor:
+        "The whole prompt in one forward pass, as `generate` reads it, its keys and values written to slots [0, L) of this step's cache: the output at its last position."
+        B, L = seq.shape
+        if B != self.batch or not 1 <= L <= self.max_len:
+            raise ValueError(f'prefill needs (batch={self.batch}, L) prompts with 1 <= L <= max_len={self.max_len}, got {tuple(seq.shape)}')
+        cache = KVCache.over(self.caches()[0::2], self.caches()[1::2])   # generate's cache, filling this step's own tensors
+        padded = not bool(real.all())
+        logits = self.model(seq, key_padding=real if padded else None, pos=prompt_positions(real), cache=cache)[:, -1]
+        return self._out(logits)
 
 class CompiledDecodeStep:
-    "A `DecodeStep` compiled ahead of time: called as it is (always with `first`), with the same `max_len`, `vocab_size`, `greedy` and `batch`."
-    def __init__(self, run, max_len: int, vocab_size: int, greedy: bool = True, batch: int = 1):
-        self.run, self.max_len, self.vocab_size, self.greedy, self.batch = run, max_len, vocab_size, greedy, batch
-    def __call__(self, tok: Tensor, pos: Tensor, first: Tensor) -> Tensor: return self.run(tok, pos, first)
+    "A `DecodeStep` compiled ahead of time, reading and writing the eager step's cache tensors, which its eager `prefill` fills."
+    def __init__(self, run, step: DecodeStep):
+        self.run, self.step = run, step
+        self.max_len, self.vocab_size, self.greedy, self.batch, self.device = step.max_len, step.vocab_size, step.greedy, step.batch, step.device
+    def __call__(self, tok: Tensor, pos: Tensor, first: Tensor) -> Tensor: return self.run(tok, pos, first, *self.step.caches())
+    def prefill(self, seq: Tensor, real: Tensor) -> Tensor: return self.step.prefill(seq, real)
 
 def compile_decode_step(step: DecodeStep, folder: str | Path | None = None) -> CompiledDecodeStep:
     "`step` exported and compiled ahead of time (AOTInductor) into `folder` (default: a new temporary one): no Dynamo guards per call."
     if not isinstance(step, DecodeStep): raise ValueError(f'compile_decode_step needs a DecodeStep, got {type(step).__name__}')
     import torch.export, torch._inductor   # heavy (seconds): only when a step is compiled
-    dev, B = step.slots.device, step.batch
-    example = (torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev))
+    dev, B = step.device, step.batch
+    example = (torch.zeros(B, 1, dtype=torch.long, device=dev), torch.zeros(1, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev),
+               *(t.clone() for t in step.caches()))   # the caches are inputs: the compiled step writes the tensors it is handed
     with torch.no_grad(): ep = torch.export.export(step.eval(), example)
     folder = Path(folder or tempfile.mkdtemp(prefix='tinylm-decode-'))
     try: path = torch._inductor.aoti_compile_and_package(ep, package_path=str(folder / 'decode_step.pt2'))
     except Exception as e:   # most often: no working C++ (or CUDA) toolchain on this machine
         raise RuntimeError(f'compiling the decode step failed: {e} (AOTInductor needs a working C++ compiler)') from e
-    return CompiledDecodeStep(torch._inductor.aoti_load_package(path), step.max_len, step.vocab_size, step.greedy, B)
+    return CompiledDecodeStep(torch._inductor.aoti_load_package(path), step)
 
 @torch.inference_mode()
 def step_decode(step, prompt: Tensor | Sequence[Sequence[int]], # (B, T) ids, or B prompts of any lengths (left-padded); B = the step's batch
@@ -325,14 +348,15 @@ def step_decode(step, prompt: Tensor | Sequence[Sequence[int]], # (B, T) ids, or
                 temperature: float = 0.0, # 0 = greedy; above 0 needs a step made with greedy=False
                 top_k: int | None = None, top_p: float | None = None, # as in `generate`
                 generator: torch.Generator | None = None, # for reproducible sampling: the draws `generate` makes with it
+                prefill: bool = True, # the prompt in one forward pass (eager), or False: one token a step through the step
                ) -> Tensor | list[list[int]]:
-    "Decoding with a `DecodeStep` (eager or compiled): the prompts one token a step, then `new_tokens` more, greedy or sampled as `generate` samples; a (B, T) tensor gives (B, T + new_tokens) ids, a list of prompts a list of id lists."
+    "Decoding with a `DecodeStep` (eager or compiled): the prompts in one pass (or a token a step), then `new_tokens` more, greedy or sampled as `generate` samples; a (B, T) tensor gives (B, T + new_tokens) ids, a list of prompts a list of id lists."
     if isinstance(prompt, Tensor) and (prompt.ndim != 2 or prompt.size(1) == 0 or prompt.is_floating_point()):
         raise ValueError(f'prompt must be a (B, T) tensor of token ids with T >= 1, or a list of prompts, got shape {tuple(prompt.shape)}')
     rows = check_prompts(prompt, step.vocab_size)   # generate's checks: non-empty rows of ids inside the vocabulary
     if len(rows) != step.batch:
         raise ValueError(f'{len(rows)} prompts, but this step decodes batch={step.batch} rows; make it with DecodeStep(model, max_len, batch={len(rows)})')
-    dev = step.slots.device if isinstance(step, DecodeStep) else (prompt.device if isinstance(prompt, Tensor) else torch.device('cpu'))
+    dev = step.device
     seq, real = left_pad(rows, device=dev)   # (B, L)
     B, T = seq.shape
     if not isinstance(new_tokens, int) or isinstance(new_tokens, bool) or new_tokens < 0 or T + new_tokens > step.max_len:
@@ -341,11 +365,16 @@ def step_decode(step, prompt: Tensor | Sequence[Sequence[int]], # (B, T) ids, or
     if step.greedy and (temperature > 0 or top_k is not None or top_p is not None):
         raise ValueError('this step is greedy (the argmax is inside it); to sample, make it with DecodeStep(model, max_len, greedy=False)')
     ids = torch.empty(B, T + new_tokens, dtype=torch.long, device=dev); ids[:, :T] = seq
-    pos, first = torch.zeros(1, dtype=torch.long, device=dev), (~real).sum(1)   # (B,) each row's left padding
-    for t in range(T + new_tokens - 1):
+    first = (~real).sum(1)   # (B,) each row's left padding
+    def emit(t: int, out: Tensor):   # the token after slot t (no draw is made for prompt positions, so the generator matches generate's)
+        ids[:, t + 1] = out if step.greedy else sample_next(out, temperature, top_k, top_p, generator)
+    start = 0
+    if prefill and new_tokens:   # the prompt in one pass, then a token a step from slot T on
+        emit(T - 1, step.prefill(seq, real)); start = T
+    pos = torch.full((1,), start, dtype=torch.long, device=dev)
+    for t in range(start, T + new_tokens - 1):
         out = step(ids[:, t:t + 1].contiguous(), pos, first)   # a compiled step assumes its example's strides: (B, 1) contiguous
-        if t + 1 >= T:   # past the prompt: the next token (no draw is made for prompt positions, so the generator matches generate's)
-            ids[:, t + 1] = out if step.greedy else sample_next(out, temperature, top_k, top_p, generator)
+        if t + 1 >= T: emit(t, out)
         pos += 1
     if isinstance(prompt, Tensor): return ids
     return [ids[b, T - len(r):].tolist() for b, r in enumerate(rows)]
@@ -399,6 +428,7 @@ def decode_vs_hf(threads: int | None = 1, rounds: int = 7, new_tokens: int = 64,
     finally:
         torch.set_num_threads(old)
     return dict(model=cfg.to_dict(), params=sum(p.numel() for p in model.parameters()), threads=threads, rounds=rounds, new_tokens=new_tokens, prompt_len=prompt_len, batch=batch, identical_tokens=same,
+                compiled_prefill='one pass' if compiled else None,
                 others_cores=bg['others_cores'], commit=git_commit(), **extra,
                 tokens_per_s={k: round(statistics.median(v), 1) for k, v in rates.items()},
                 weight_bytes=sum(w.numel() * w.element_size() for w in mats),
@@ -551,7 +581,8 @@ def print_decode(d: dict) -> None:
     if 'tinylm compiled' in d['tokens_per_s']:   # the AOT-compiled DecodeStep (the prompt fed one token a step)
         r = {x['what']: x for x in d['ratios']}
         c, cw = r['tinylm compiled / hf'], r['tinylm compiled / weights only']
-        print(f"  tinylm compiled (DecodeStep, AOTInductor, {d['compile_s']:.0f} s to compile): {d['tokens_per_s']['tinylm compiled']:,.0f} tok/s, "
+        prompt = 'the prompt in one pass' if d.get('compiled_prefill') == 'one pass' else 'the prompt a token a step'   # older results: a token a step
+        print(f"  tinylm compiled (DecodeStep, AOTInductor, {d['compile_s']:.0f} s to compile, {prompt}): {d['tokens_per_s']['tinylm compiled']:,.0f} tok/s, "
               f"x{c['ratio']:.2f} {_interval(c, 2)} of HF, x{cw['ratio']:.2f} {_interval(cw, 2)} of the ceiling; identical tokens: {d['compiled_identical_tokens']}")
 
 def speed_headline(r: dict) -> list[str]:
