@@ -28,8 +28,8 @@ __all__ = ['BENCH_SHAPES', 'LOAD_KINDS', 'DECODE_SHAPES', 'MAIN_JOB', 'THREAD_SC
            'matmul_peak', 'competing_load', 'step_benchmark', 'StaticKVCache', 'DecodeStep', 'CompiledDecodeStep',
            'compile_decode_step', 'step_decode', 'decode_vs_hf', 'AtThreads', 'thread_benchmark', 'print_threads',
            'run_threads', 'threads_headline', 'cell_key', 'run_speed', 'print_cell', 'print_decode', 'speed_headline',
-           'cmd_bench', 'op_kind', 'quiet_profiler', 'op_shares', 'step_ceiling', 'gap_benchmark', 'print_gap',
-           'run_gap']
+           'cmd_bench', 'fuse_qkv', 'LossOnly', 'op_kind', 'quiet_profiler', 'op_shares', 'step_ceiling',
+           'gap_benchmark', 'print_gap', 'run_gap']
 
 # %% ../nbs/14b_speed.ipynb #45bfbbe5
 class RefBlock(nn.Module):
@@ -117,11 +117,13 @@ class MarkovTokens:
 class ReferenceTrainer:
     "nanoGPT's training step on a `RefGPT`: autocast if asked, backward, `clip_grad_norm_`, default `torch.optim.AdamW` (or its fused kernel); `compile` as nanoGPT does on a GPU."
     def __init__(self, model: RefGPT, cfg: TrainConfig, data, device: torch.device, dtype: torch.dtype | None = None, compile: bool = False,
-                 fused_adamw: bool = False):
+                 fused_adamw: bool = False,
+                 embeddings: tuple = ('wte', 'wpe'), # name prefixes of the embeddings, which are not decayed (as in tinylm)
+                ):
         self.model, self.cfg, self.data, self.device, self.dtype = model, cfg, data, device, dtype
         self.fwd = torch.compile(model) if compile else model
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith(('wte', 'wpe'))]
-        keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith(('wte', 'wpe')))]
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith(embeddings)]
+        keep = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith(embeddings))]
         self.opt = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=keep, weight_decay=0.0)],
                                      lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                                      **(dict(fused=True) if fused_adamw else {}))
@@ -644,10 +646,31 @@ def _full_logits(fwd):
     def run(x: Tensor, y: Tensor, return_logits: bool = False): return fwd(x, y, return_logits=True)
     return run
 
+def fuse_qkv(model: Transformer) -> Transformer:
+    "`model` with each attention's q, k and v projections run as one matmul (their weights concatenated each call), as the reference runs them; the same parameters."
+    for block in model.blocks:
+        a = block.attn
+        def project(x: Tensor, pos: Tensor | None = None, a=a) -> tuple[Tensor, Tensor, Tensor]:
+            ps = (a.q_proj, a.k_proj, a.v_proj)
+            w, b = torch.cat([p.weight for p in ps]), None if a.q_proj.bias is None else torch.cat([p.bias for p in ps])
+            q, k, v = F.linear(x, w, b).split([p.out_features for p in ps], dim=-1)
+            q, k, v = a.q_norm(a.split_heads(q)), a.k_norm(a.split_heads(k)), a.split_heads(v)
+            return a.rotary(q, k, pos) + (v,) if a.rotary is not None else (q, k, v)
+        a.project = project   # this instance only
+    return model
+
+class LossOnly(nn.Module):
+    "A tinylm model as the reference's step calls one: (x, y) -> the loss, through tinylm's own loss."
+    def __init__(self, model: Transformer): super().__init__(); self.model = model
+    def forward(self, x: Tensor, y: Tensor) -> Tensor: return self.model(x, y, return_logits=False)[1]
+
 GAP_SCALES = {'tiny': dict(shape='tiny', rounds=2, steps=1), 'cpu': dict(shape='small', rounds=7, steps=2, also_compiled=True),
               'gpu': dict(shape='gpt2_124m', rounds=5, steps=5)}   # the cpu scale at the threads as they are
-GAP_PAIRS = (('tinylm, full logits', 'tinylm'), ('reference, separate q/k/v', 'reference'),
-             ('reference, fused AdamW', 'reference'), ('tinylm compiled', 'tinylm'),   # (changed, unchanged): one difference each
+GAP_PAIRS = (('tinylm, full logits', 'tinylm'), ('tinylm, fused q/k/v', 'tinylm'),   # (changed, unchanged): one difference each
+             ('reference, separate q/k/v', 'reference'), ('reference, fused AdamW', 'reference'),
+             ('tinylm model, reference step', 'tinylm'),       # the trainer's share of the gap ...
+             ('tinylm model, reference step', 'reference'),    # ... and the model's
+             ('tinylm compiled', 'tinylm'),
              ('tinylm', 'reference'), ('tinylm compiled', 'reference'))                # and the two steps as a user runs them
 
 MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm')   # the matrix multiplies a step's Linear layers end in
@@ -707,13 +730,17 @@ def gap_benchmark(shape: str = 'gpt2_124m', # a name in BENCH_SHAPES
     tcfg = TrainConfig(max_steps=10 ** 6, batch_size=batch, lr=1e-3, warmup_steps=10, device=str(dev), progress=False, seed=0,
                        dtype=dtype, compile=compile)
     data = MarkovTokens(cfg.vocab_size)
-    ours, logits = Trainer(cfg, tcfg, data), Trainer(cfg, tcfg, data)   # the same seed: the same initial weights
+    ours, logits, fused = (Trainer(cfg, tcfg, data) for _ in range(3))   # the same seed: the same initial weights
     logits.fwd = _full_logits(logits.fwd)
+    fuse_qkv(fused.model)   # before its first step: a compiled forward traces the fused projections
     def ref(fused_qkv: bool = True, fused_adamw: bool = False) -> ReferenceTrainer:
         return ReferenceTrainer(reference_from(ours.model, fused_qkv), tcfg.replace(block_size=cfg.block_size), data, dev,
                                 torch.bfloat16 if dtype == 'bfloat16' else None, compile=compile, fused_adamw=fused_adamw)
-    trainers = {'tinylm': ours, 'tinylm, full logits': logits, 'reference': ref(),
-                'reference, separate q/k/v': ref(fused_qkv=False), 'reference, fused AdamW': ref(fused_adamw=True)}
+    twin = Trainer(cfg, tcfg, data).model   # tinylm's model, under the reference's step
+    theirs_ours = ReferenceTrainer(LossOnly(twin), tcfg.replace(block_size=cfg.block_size), data, dev, torch.bfloat16 if dtype == 'bfloat16' else None,
+                                   compile=compile, embeddings=('model.tok_emb', 'model.pos'))
+    trainers = {'tinylm': ours, 'tinylm, full logits': logits, 'tinylm, fused q/k/v': fused, 'tinylm model, reference step': theirs_ours,
+                'reference': ref(), 'reference, separate q/k/v': ref(fused_qkv=False), 'reference, fused AdamW': ref(fused_adamw=True)}
     if also_compiled and not compile: trainers['tinylm compiled'] = Trainer(cfg, tcfg.replace(compile=True), data)
     with others_cpu() as bg:
         rates = interleaved_rates(trainers, rounds, steps, clock='wall', warmup=2)
@@ -745,11 +772,11 @@ def run_gap(scale: str, device: str | None = None) -> dict:
                 environment=environment_info(dev))
 
 GAP = register_experiment(Benchmark('14b_gap', run_gap, notebook='14b_speed', scales=tuple(GAP_SCALES),
-    description="the differences between tinylm's step and the reference's, one at a time: the loss, the q/k/v projections, the optimizer, compiling",
+    description="the differences between tinylm's step and the reference's, one at a time: the loss, the q/k/v projections, the optimizer, the trainer, compiling",
     headline=lambda r: [f"{x['what']}: x{x['ratio']:.2f} {_interval(x, 2)} ({x['verdict']})" for x in r['ratios']]
                        + ([f"matmuls + attention {100 / step_ceiling(r['profile']['reference']):.1f}% of the reference's step: "
                            f"no step with the same ones beats it by more than x{step_ceiling(r['profile']['reference']):.2f}"] if r.get('profile') else []),
-    plan=lambda scale: [f"{GAP_SCALES[scale]['shape']}: {6 if GAP_SCALES[scale].get('also_compiled') else 5} variants "
+    plan=lambda scale: [f"{GAP_SCALES[scale]['shape']}: {8 if GAP_SCALES[scale].get('also_compiled') else 7} variants "
                         f"({', '.join(f'{a} vs {b}' for a, b in GAP_PAIRS if 'compiled' not in a or GAP_SCALES[scale].get('also_compiled'))}), "
                         f"{GAP_SCALES[scale]['rounds']} rounds x {GAP_SCALES[scale]['steps']} steps each"
                         + (', then 3 steps each of tinylm and the reference profiled' if scale != 'gpu' else '')]))
