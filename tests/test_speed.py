@@ -161,6 +161,8 @@ def test_a_batched_decode_step_gives_each_row_the_tokens_it_gets_alone():
         step_decode(DecodeStep(m, 20, batch=2), prompts, 2)
     with pytest.raises(ValueError, match='batch=0 must be a positive integer'):
         DecodeStep(m, 20, batch=0)
+    with pytest.raises(ValueError, match=r'prefill needs \(batch=3, L\) prompts with 1 <= L <= max_len=20, got \(2, 4\)'):
+        DecodeStep(m, 20, batch=3).prefill(equal, torch.ones_like(equal, dtype=torch.bool))
 
 
 def test_op_shares_split_a_step_and_bound_what_any_change_can_win(capfd):

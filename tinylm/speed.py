@@ -648,6 +648,7 @@ def _full_logits(fwd):
 
 def fuse_qkv(model: Transformer) -> Transformer:
     "`model` with each attention's q, k and v projections run as one matmul (their weights concatenated each call), as the reference runs them; the same parameters."
+    if not isinstance(model, Transformer): raise ValueError(f'fuse_qkv needs a tinylm Transformer, got {type(model).__name__}')
     for block in model.blocks:
         a = block.attn
         def project(x: Tensor, pos: Tensor | None = None, a=a) -> tuple[Tensor, Tensor, Tensor]:
