@@ -371,3 +371,25 @@ def test_the_gpu_script_names_only_what_can_run_at_gpu_scale():
         exp = EXPERIMENTS[name]
         assert not isinstance(exp, Benchmark) or no_scale(exp, 'gpu') is None, no_scale(exp, 'gpu')
     assert subprocess.run(['bash', '-n', str(script)]).returncode == 0   # it parses
+
+
+def test_a_resumable_benchmark_adds_only_the_pieces_its_plan_has_gained(tmp_path, capsys):
+    "A complete result file of a resumable study is extended, not redone; with nothing new it is left as it was."
+    from tinylm.experiments import Benchmark, result_path, run_benchmark
+    runs = []
+    def study(pieces):
+        def run(scale, device, previous=None, save=None):
+            res = previous or dict(done={})
+            for p in pieces:
+                if p not in res['done']: runs.append(p); res['done'][p] = len(p); save(res)
+            return res
+        return Benchmark('06_demo_grow', run, resumable=True)
+    run_benchmark(study(['a', 'b']), 'cpu', results=tmp_path)
+    path = result_path('06_demo_grow', 'cpu', tmp_path)
+    assert runs == ['a', 'b'] and read_result(path)['done'] == {'a': 1, 'b': 1}
+    stamp = path.stat().st_mtime_ns
+    run_benchmark(study(['a', 'b']), 'cpu', results=tmp_path)
+    assert runs == ['a', 'b'] and path.stat().st_mtime_ns == stamp and 'nothing new to measure' in capsys.readouterr().out
+    res = run_benchmark(study(['a', 'b', 'cc']), 'cpu', results=tmp_path)   # the plan gained a piece: only that one runs
+    assert runs == ['a', 'b', 'cc'] and res['done'] == {'a': 1, 'b': 1, 'cc': 2} and 'partial' not in read_result(path)
+    assert f'wrote {path}' in capsys.readouterr().out
