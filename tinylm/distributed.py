@@ -164,7 +164,8 @@ def tinylm_command(*args: str) -> list[str]:
 
 def run_torchrun(nproc: int, args: list[str], timeout: float = 600, threads: int = 1, check: bool = True) -> subprocess.CompletedProcess:
     "Run `args` under torchrun in `nproc` processes (each with `threads` torch threads); raise with its output if it fails and `check`."
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1')
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED='1',
+               PYTHONFAULTHANDLER='1')   # a rank that dies of a signal (seen once: SIGSEGV in CI) prints its Python stack first
     r = subprocess.run(torchrun_command(nproc, args), capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode:
         raise RuntimeError(f'torchrun ({nproc} processes) failed with exit code {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}')
