@@ -140,9 +140,11 @@ class MultiHeadAttention(nn.Module):
 
     def project(self, x: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         "Queries (B, n_head, T, hd), keys and values (B, n_kv_head, T, hd) of `x`, after the norm and rotary slots."
-        q = self.q_norm(self.split_heads(self.q_proj(x)))
-        k = self.k_norm(self.split_heads(self.k_proj(x)))
-        v = self.split_heads(self.v_proj(x))
+        return self.heads(self.q_proj(x), self.k_proj(x), self.v_proj(x), pos)
+
+    def heads(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        "The projected (B, T, heads * hd) queries, keys and values split into heads, through the norm and rotary slots."
+        q, k, v = self.q_norm(self.split_heads(q)), self.k_norm(self.split_heads(k)), self.split_heads(v)
         if self.rotary is not None: q, k = self.rotary(q, k, pos)
         return q, k, v
 

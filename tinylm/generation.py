@@ -176,17 +176,18 @@ def _check_generate_args(model: Transformer, max_new_tokens, temperature, top_k,
         raise ValueError(f'stop={stop!r} must be a token id or a non-empty list of token ids in [0, {V})')
     return torch.tensor(sorted(set(ids)))
 
-def check_prompts(idx, vocab_size: int) -> list[Tensor]:
+def check_prompts(idx, vocab_size: int, name: str = 'idx' # the argument's name, for the messages
+                 ) -> list[Tensor]:
     "The prompts as 1-D id tensors, checked: a (B, T) tensor, or a list of id lists / 1-D tensors."
     if isinstance(idx, Tensor):
         if idx.ndim != 2 or idx.size(1) == 0:
-            raise ValueError(f'idx must be a (B, T) tensor of token ids with T >= 1 (or a list of prompts), got shape {tuple(idx.shape)}')
+            raise ValueError(f'{name} must be a (B, T) tensor of token ids with T >= 1 (or a list of prompts), got shape {tuple(idx.shape)}')
         rows = list(idx)
     elif isinstance(idx, (list, tuple)) and idx:
         rows = [torch.as_tensor(p).reshape(-1) if isinstance(p, (list, tuple, Tensor)) else None for p in idx]
         if any(r is None or r.numel() == 0 for r in rows):
             raise ValueError('each prompt must be a non-empty list (or 1-D tensor) of token ids')
-    else: raise ValueError(f'idx must be a (B, T) tensor or a non-empty list of prompts, got {type(idx).__name__}')
+    else: raise ValueError(f'{name} must be a (B, T) tensor or a non-empty list of prompts, got {type(idx).__name__}')
     for i, r in enumerate(rows):
         if r.is_floating_point() or r.is_complex() or r.dtype == torch.bool:
             raise ValueError(f'prompt {i} holds {r.dtype} values; token ids must be integers')

@@ -353,9 +353,7 @@ def step_decode(step, prompt: Tensor | Sequence[Sequence[int]], # (B, T) ids, or
                 prefill: bool = True, # the prompt in one forward pass (eager), or False: one token a step through the step
                ) -> Tensor | list[list[int]]:
     "Decoding with a `DecodeStep` (eager or compiled): the prompts in one pass (or a token a step), then `new_tokens` more, greedy or sampled as `generate` samples; a (B, T) tensor gives (B, T + new_tokens) ids, a list of prompts a list of id lists."
-    if isinstance(prompt, Tensor) and (prompt.ndim != 2 or prompt.size(1) == 0 or prompt.is_floating_point()):
-        raise ValueError(f'prompt must be a (B, T) tensor of token ids with T >= 1, or a list of prompts, got shape {tuple(prompt.shape)}')
-    rows = check_prompts(prompt, step.vocab_size)   # generate's checks: non-empty rows of ids inside the vocabulary
+    rows = check_prompts(prompt, step.vocab_size, 'prompt')   # generate's checks: non-empty rows of ids inside the vocabulary
     if len(rows) != step.batch:
         raise ValueError(f'{len(rows)} prompts, but this step decodes batch={step.batch} rows; make it with DecodeStep(model, max_len, batch={len(rows)})')
     dev = step.device
@@ -654,9 +652,7 @@ def fuse_qkv(model: Transformer) -> Transformer:
         def project(x: Tensor, pos: Tensor | None = None, a=a) -> tuple[Tensor, Tensor, Tensor]:
             ps = (a.q_proj, a.k_proj, a.v_proj)
             w, b = torch.cat([p.weight for p in ps]), None if a.q_proj.bias is None else torch.cat([p.bias for p in ps])
-            q, k, v = F.linear(x, w, b).split([p.out_features for p in ps], dim=-1)
-            q, k, v = a.q_norm(a.split_heads(q)), a.k_norm(a.split_heads(k)), a.split_heads(v)
-            return a.rotary(q, k, pos) + (v,) if a.rotary is not None else (q, k, v)
+            return a.heads(*F.linear(x, w, b).split([p.out_features for p in ps], dim=-1), pos)
         a.project = project   # this instance only
     return model
 
